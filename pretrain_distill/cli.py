@@ -1,0 +1,34 @@
+"""``pretrain-distill``: the task-agnostic distillation stage's command line."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pretrain_distill.cli_util import run_cli
+
+DESCRIPTION = """Task-agnostic distillation of Transformer encoders (Udagawa et al. 2023).
+
+Typical flow:
+  pretrain-distill assets                         # locate/install the embedded teacher and texts
+  pretrain-distill prepare --source wikipedia:<dump.xml.bz2> --out runs/shards/wiki
+  pretrain-distill train configs/experiments/minilm_3l_minilmv2.yaml train.max_steps=200
+  pretrain-distill export runs/distill            # Hugging Face model directory
+  pretrain-distill plot runs/distill              # loss-curve PNGs
+"""
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "assets": ("pretrain_distill.assets", "install or locate the embedded real teacher and texts"),
+    "prepare": ("pretrain_distill.data.prepare", "tokenize a corpus into packed webdataset shards"),
+    "config": ("pretrain_distill.show_config", "print the resolved run config (YAML + overrides)"),
+    "train": ("pretrain_distill.engine.train", "distill a student (DeepSpeed, resumable)"),
+    "export": ("pretrain_distill.export", "write a run's student as a Hugging Face model directory"),
+    "plot": ("pretrain_distill.plot", "write loss-curve PNGs of a run"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("pretrain-distill", DESCRIPTION, COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""The distillation run's configuration schema: one typed object, every field documented where declared.
+
+A run is ``teacher + student + objective + data + train`` (+ a DeepSpeed JSON). YAML files under
+``configs/`` compose into it (see :mod:`pretrain_distill.configuration`); the resolved object is saved
+beside every output as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+from pretrain_distill.configuration import ConfigError, load_config
+
+
+@dataclass
+class TeacherConfig:
+    # Hugging Face model directory (or hub name when online). "minilm" = the embedded
+    # all-MiniLM-L6-v2 teacher located by `pretrain-distill assets`.
+    path: str = "minilm"
+    # Tokenizer directory; empty = the teacher's own.
+    tokenizer: str = ""
+    # Teacher weights' dtype on the accelerator: "auto" = bf16 on GPU, fp32 on CPU.
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+
+
+@dataclass
+class StudentConfig:
+    # A paper preset (pretrain_distill.models.PRESETS: 6L-DistilBERT, 6L, 4L, 3L) or null to give
+    # the shape by numbers below. Numbers given together with a preset override the preset's.
+    preset: Optional[str] = "3L"
+    layers: Optional[int] = None  # Transformer layers L
+    heads: Optional[int] = None  # attention heads A_h (must divide hidden)
+    hidden: Optional[int] = None  # hidden width d_h
+    ffn: Optional[int] = None  # feed-forward width d_f
+    # "random": fresh weights. "teacher": DistilBERT-style, copy the embeddings and every k-th teacher
+    # layer (widths must match the teacher's).
+    init: Literal["random", "teacher"] = "random"
+    # Start from this exported student / run checkpoint instead (multi-stage: OD after HS).
+    init_from: str = ""
+
+
+@dataclass
+class ObjectiveConfig:
+    # Loss terms and their weights; the total is sum(weight * term). Terms: hs, od, minilmv2,
+    # direct_minilm, cosine, mlm. DistilBERT = {cosine: 1, od: 5, mlm: 2} (Sanh et al. weights).
+    weights: dict[str, float] = field(default_factory=lambda: {"minilmv2": 1.0})
+    # HS layer mapping: single | last | uniform | uniform_cons | uniform_last | random, or an explicit
+    # list with one list of 1-based teacher layers per student layer (e.g. [[2], [4], [6]]).
+    mapping: Union[list[list[int]], str] = "uniform"
+    # Random (RAIL-KD) mapping redraw schedule: "epoch" (default) or "step", or every N steps.
+    remap_every: Union[int, str] = "epoch"
+    # OD temperature T (eq. 5) and the positions it averages over: masked tokens or all valid tokens.
+    temperature: float = 1.0
+    od_positions: Literal["masked", "all"] = "masked"
+    # MiniLMv2 / DirectMiniLM: teacher layer ("L_T", "L_T-1", "L_T-2" or a 1-based number) and
+    # student layer (1-based; null = the last layer).
+    teacher_layer: str = "L_T-1"
+    student_layer: Optional[int] = None
+    # MiniLMv2 relation heads A_r (48 for base-size teachers; must divide both widths).
+    relation_heads: int = 48
+    # DirectMiniLM orthogonality penalty weight (eq. 11; the paper found it worse: off).
+    orthogonal_weight: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    # Directory written by `pretrain-distill prepare` (shards + manifest.json).
+    shards: str = "runs/shards/wiki"
+    # DataLoader worker processes per rank.
+    num_workers: int = 2
+    # In-memory shuffle buffer (sequences) on top of the per-epoch shard order.
+    shuffle_buffer: int = 2048
+    # Multilingual sampling p_l ∝ n_l^alpha (1.0 keeps the corpus distribution, 0.3 as XLM-R).
+    language_alpha: float = 1.0
+    # Dynamic MLM masking (only used when an objective needs it): 15%, 80/10/10.
+    mlm_probability: float = 0.15
+    # Skip a corrupt / empty shard with a warning instead of stopping (counted in the logs).
+    skip_bad_shards: bool = False
+
+
+@dataclass
+class TrainConfig:
+    # Run directory: checkpoints, logs, plots, resolved config, exported model.
+    output_dir: str = "runs/distill"
+    # Training length: epochs over the shards, or a step budget (max_steps > 0 wins).
+    epochs: float = 7.0
+    max_steps: int = 0
+    # Per-GPU micro batch and gradient accumulation (global batch = micro * accum * world size).
+    # These are the one source of truth: the DeepSpeed JSON must not disagree.
+    micro_batch_size: int = 32
+    grad_accum: int = 1
+    # AdamW (Appendix B): peak LR 5e-4 (OD stage 3e-4), betas (0.9, 0.98).
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    # Linear warmup over this fraction of the steps, then linear decay to 0.
+    warmup_ratio: float = 0.05
+    grad_clip: float = 1.0
+    # Numeric precision of the student: bf16 | fp16 | fp32 (CPU: bf16 or fp32).
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    # DeepSpeed JSON (ZeRO stage etc.), merged with the fields above; relative to configs/.
+    deepspeed: str = "deepspeed/zero2.json"
+    zero_stage: Optional[int] = None  # overrides the JSON's zero_optimization.stage when set
+    # Device: auto (cuda when present), cpu or cuda.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 42
+    # Checkpoint every N optimizer steps (and at the end), keep the last K.
+    save_every: int = 1000
+    keep_last: int = 3
+    # "auto": continue from the newest complete checkpoint in output_dir; "none"; or a path.
+    resume: str = "auto"
+    # Log every N steps (tqdm, JSON lines, TensorBoard).
+    log_every: int = 10
+    # Non-finite losses tolerated (skipped steps) before the run stops.
+    nan_skip_budget: int = 0
+    # Export the student as a Hugging Face model at the end.
+    export: bool = True
+
+
+@dataclass
+class RunConfig:
+    """A whole distillation run."""
+
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_run_config(files: list[str] | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Compose YAML ``files`` + ``overrides`` into a validated :class:`RunConfig`."""
+    return load_config(RunConfig, files, overrides)
+
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ObjectiveConfig",
+    "RunConfig",
+    "StudentConfig",
+    "TeacherConfig",
+    "TrainConfig",
+    "load_run_config",
+]

@@ -1,0 +1,265 @@
+"""Typed, composable run configuration: YAML files + command-line overrides -> one validated object.
+
+Composition rules (in order, later wins):
+
+1. every file listed under a YAML file's ``defaults:`` key (paths relative to ``configs/`` or to the
+   file itself, ``.yaml`` optional), recursively, in the order listed;
+2. the file's own keys (deep-merged into what the defaults gave);
+3. command-line overrides ``section.key=value`` or ``--section.key value`` (values parsed as YAML, so
+   ``train.lr=3e-4``, ``objective.mapping=[[2],[4],[6]]`` and ``student.preset=null`` all work).
+
+The merged mapping is validated into dataclasses: unknown keys and wrong types raise
+:class:`ConfigError` naming the key (with a "did you mean" suggestion). The same machinery serves the
+fine-tuning stage (``finetune.config``); each dataclass documents its fields where they are declared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be validated: names the offending key and what was expected."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading and merging
+
+
+def _resolve_path(name: str | Path, relative_to: Path | None) -> Path:
+    candidates = []
+    raw = Path(name)
+    for base in ([relative_to] if relative_to else []) + [CONFIG_ROOT, Path.cwd()]:
+        candidates += [base / raw, base / raw.with_suffix(raw.suffix or ".yaml")]
+    candidates += [raw, raw.with_suffix(raw.suffix or ".yaml")]
+    for path in candidates:
+        if path.is_file():
+            return path.resolve()
+    raise ConfigError(f"config file not found: {name!s} (looked in {relative_to or '.'}, {CONFIG_ROOT})")
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """Return ``base`` updated recursively by ``update`` (mappings merge, everything else replaces)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """Load one YAML config with its ``defaults:`` resolved (see module docstring)."""
+    path = _resolve_path(path, None) if not _seen else Path(path)
+    if path in _seen:
+        raise ConfigError(f"config defaults form a cycle: {' -> '.join(map(str, _seen + (path,)))}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
+    defaults = data.pop("defaults", []) or []
+    if not isinstance(defaults, list):
+        raise ConfigError(f"{path}: 'defaults' must be a list of config files")
+    merged: dict = {}
+    for entry in defaults:
+        merged = deep_merge(merged, load_yaml(_resolve_path(entry, path.parent), _seen + (path,)))
+    return deep_merge(merged, data)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """Turn ``["a.b=1", "--a.c", "x", "--flag=2"]`` into a nested mapping of YAML-parsed values."""
+    out: dict = {}
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if item.startswith("--"):
+            item = item[2:]
+            if "=" not in item:
+                if i + 1 >= len(items):
+                    raise ConfigError(f"override --{item} has no value")
+                item = f"{item}={items[i + 1]}"
+                i += 1
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value or --key value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+        i += 1
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation into dataclasses
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: expected one of {list(args)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        ktp, vtp = args or (Any, Any)
+        return {_coerce(k, ktp, key): _coerce(v, vtp, f"{key}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "5e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    if isinstance(value, tp):
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
+    """Validate a nested mapping into the dataclass ``cls`` (unknown keys and wrong types raise)."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), names, n=1)
+        hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+        raise ConfigError(f"unknown config key {prefix}{key}{hint}; known keys: {', '.join(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {err}") from err
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-Python (YAML-safe) view of a config dataclass."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def load_config(cls: type[T], files: list[str | Path] | None = None, overrides: list[str] | None = None) -> T:
+    """Compose ``files`` (each with its ``defaults``), apply ``overrides``, validate into ``cls``."""
+    merged: dict = {}
+    for f in files or []:
+        merged = deep_merge(merged, load_yaml(f))
+    merged = deep_merge(merged, parse_overrides(list(overrides or [])))
+    return from_dict(cls, merged)
+
+
+def save_config(obj: Any, path: str | Path) -> Path:
+    """Write the resolved config as YAML (beside every output, so any run can be repeated)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+    return path
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``<config.yaml ...> [key=value | --key value ...]`` arguments shared by the CLIs."""
+    parser.add_argument(
+        "config",
+        nargs="*",
+        help="YAML config files (composed in order, each with its `defaults:`), then overrides "
+        "`section.key=value` or `--section.key value`.",
+    )
+    parser.set_defaults(overrides=[])
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """Build the config of a CLI command from its positional items and ``--key value`` overrides."""
+    files, overrides = split_files_and_overrides(list(args.config))
+    return load_config(cls, files, overrides + list(args.overrides))
+
+
+def split_files_and_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+    """Separate positional config files from ``key=value`` / ``--key value`` overrides."""
+    files, overrides = [], []
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if item.startswith("--") or "=" in item:
+            overrides.append(item)
+            if item.startswith("--") and "=" not in item and i + 1 < len(items):
+                overrides.append(items[i + 1])
+                i += 1
+        else:
+            files.append(item)
+        i += 1
+    return files, overrides
