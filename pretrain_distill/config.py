@@ -50,6 +50,11 @@ class ObjectiveConfig:
     mapping: Union[list[list[int]], str] = "uniform"
     # Random (RAIL-KD) mapping redraw schedule: "epoch" (default) or "step", or every N steps.
     remap_every: Union[int, str] = "epoch"
+    # Seed of the random mapping draws: the mapping of epoch (or step block) n is a function of
+    # (mapping_seed, n) only, so a resumed run redraws it from its counters.
+    mapping_seed: int = 0
+    # HS maps W_i^j (eq. 6) with a bias term (affine); false = the equation's plain linear map.
+    projection_bias: bool = True
     # OD temperature T (eq. 5) and the positions it averages over: masked tokens or all valid tokens.
     temperature: float = 1.0
     od_positions: Literal["masked", "all"] = "masked"
@@ -59,23 +64,29 @@ class ObjectiveConfig:
     student_layer: Optional[int] = None
     # MiniLMv2 relation heads A_r (48 for base-size teachers; must divide both widths).
     relation_heads: int = 48
+    # DirectMiniLM relation heads A_r (eq. 10: A_r = A_h); null = the student's attention heads.
+    direct_relation_heads: Optional[int] = None
     # DirectMiniLM orthogonality penalty weight (eq. 11; the paper found it worse: off).
     orthogonal_weight: float = 0.0
 
 
 @dataclass
 class DataConfig:
-    # Directory written by `pretrain-distill prepare` (shards + manifest.json).
+    # Directory written by `pretrain-distill prepare` (webdataset shards + manifest.json); see docs/data.md.
     shards: str = "runs/shards/wiki"
-    # DataLoader worker processes per rank.
+    # DataLoader worker processes per rank (0 = read in the training process). Part of the loader
+    # state: a checkpoint resumes only with the same value (and the same world size and batch size).
     num_workers: int = 2
-    # In-memory shuffle buffer (sequences) on top of the per-epoch shard order.
+    # Shuffle window (sequences) per worker, on top of the per-epoch shard order and the in-shard
+    # shuffle done by prepare; memory per worker ~ shuffle_buffer x max_length x 2 bytes.
     shuffle_buffer: int = 2048
-    # Multilingual sampling p_l ∝ n_l^alpha (1.0 keeps the corpus distribution, 0.3 as XLM-R).
+    # Multilingual sampling p_l ∝ n_l^alpha (1.0 keeps the corpus distribution, 0.3 as XLM-R); an
+    # epoch always holds the corpus's sequence count, so only the language mix changes.
     language_alpha: float = 1.0
     # Dynamic MLM masking (only used when an objective needs it): 15%, 80/10/10.
     mlm_probability: float = 0.15
-    # Skip a corrupt / empty shard with a warning instead of stopping (counted in the logs).
+    # Skip a corrupt / empty shard with a warning (its sequences replaced by repeats of others in the
+    # same shuffle window, so every rank keeps its step count) instead of stopping with an error.
     skip_bad_shards: bool = False
 
 
@@ -100,7 +111,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     # Numeric precision of the student: bf16 | fp16 | fp32 (CPU: bf16 or fp32).
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
-    # DeepSpeed JSON (ZeRO stage etc.), merged with the fields above; relative to configs/.
+    # DeepSpeed JSON (ZeRO stage, communication), merged with the fields above: a path, or relative to
+    # configs/. It may not disagree with the batch / clipping / precision fields above (error).
     deepspeed: str = "deepspeed/zero2.json"
     zero_stage: Optional[int] = None  # overrides the JSON's zero_optimization.stage when set
     # Device: auto (cuda when present), cpu or cuda.
@@ -109,13 +121,15 @@ class TrainConfig:
     # Checkpoint every N optimizer steps (and at the end), keep the last K.
     save_every: int = 1000
     keep_last: int = 3
-    # "auto": continue from the newest complete checkpoint in output_dir; "none"; or a path.
+    # "auto": continue from the newest complete checkpoint in output_dir; "none": start over (keeps
+    # old checkpoints until pruned); or the path of a checkpoint directory (checkpoints/step_XXXXXXXX).
     resume: str = "auto"
     # Log every N steps (tqdm, JSON lines, TensorBoard).
     log_every: int = 10
-    # Non-finite losses tolerated (skipped steps) before the run stops.
+    # Non-finite losses tolerated (skipped micro-batches, replaced by the next ones) before the run
+    # stops with an error naming the step and the loss terms.
     nan_skip_budget: int = 0
-    # Export the student as a Hugging Face model at the end.
+    # Export the student as a Hugging Face model to <output_dir>/export at the end.
     export: bool = True
 
 

@@ -1,0 +1,212 @@
+"""prepare: real text -> shards + manifest; deterministic, resumable, bad input reported."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from pretrain_distill.cli import main as cli_main
+from pretrain_distill.config import DataConfig
+from pretrain_distill.data import prepare as prepare_module
+from pretrain_distill.data.errors import DataError
+from pretrain_distill.data.prepare import load_manifest, prepare_shards
+from pretrain_distill.data.shards import read_rows
+from pretrain_distill.data.stream import build_dataloader
+
+from .conftest import write_cc100
+
+
+def all_rows(out, manifest):
+    """Every shard's rows, in manifest order: {name: (ids, lengths)}."""
+    rows = {}
+    for s in manifest["shards"]:
+        pieces = list(
+            read_rows(
+                out / s["name"],
+                0,
+                s["sequences"],
+                s["sequences"],
+                manifest["block_size"],
+                manifest["max_length"],
+            )
+        )
+        rows[s["name"]] = (np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces]))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def wiki_shards(small_wiki_dump, tmp_path_factory, tokenizer):
+    out = tmp_path_factory.mktemp("wiki_shards")
+    manifest = prepare_shards(
+        [f"wikipedia:{small_wiki_dump}"],
+        out,
+        tokenizer,
+        max_length=128,
+        workers=2,
+        shard_chars=30_000,
+        block_size=64,
+        progress=False,
+    )
+    return out, manifest
+
+
+@pytest.mark.integration
+def test_wikipedia_manifest_and_shard_contents(wiki_shards, small_wiki_dump, tokenizer):
+    out, manifest = wiki_shards
+    from pretrain_distill.data.wikipedia import read_wikipedia_dump
+
+    docs = list(read_wikipedia_dump(small_wiki_dump))
+    assert manifest["tokenizer"]["dtype"] == "uint16" and manifest["tokenizer"]["vocab_size"] == 30522
+    assert len(manifest["tokenizer"]["sha256"]) == 64 and manifest["max_length"] == 128
+    assert manifest["sources"] == [f"wikipedia:{small_wiki_dump}"] and manifest["packing"] == "full-sentences"
+    assert len(manifest["shards"]) >= 3 and set(manifest["languages"]) == {"en"}
+    assert manifest["totals"]["documents"] == len(docs) == manifest["languages"]["en"]["documents"]
+    rows = all_rows(out, manifest)
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    for shard in manifest["shards"]:
+        ids, lengths = rows[shard["name"]]
+        assert ids.dtype == np.uint16 and ids.shape == (shard["sequences"], 128)
+        assert int(lengths.sum()) == shard["tokens"]
+    # Every token of every document is in the shards exactly once: nothing truncated or dropped.
+    content = sum(int(lens.sum()) - 2 * len(lens) for _, lens in rows.values())
+    encoded = tokenizer([d.text for d in docs], add_special_tokens=False, truncation=False)["input_ids"]
+    assert content == sum(map(len, encoded)) + len(docs) - len(manifest["shards"])  # + separators
+    ids, lengths = rows[manifest["shards"][0]["name"]]
+    text = tokenizer.decode(ids[0][: lengths[0]])
+    assert text.startswith("[CLS]") and text.endswith("[SEP]") and len(text.split()) > 50
+
+
+@pytest.mark.integration
+def test_workers_do_not_change_the_output_and_rerun_is_a_no_op(
+    wiki_shards, small_wiki_dump, tokenizer, tmp_path
+):
+    out, manifest = wiki_shards
+    again = prepare_shards(
+        [f"wikipedia:{small_wiki_dump}"],
+        tmp_path,
+        tokenizer,
+        max_length=128,
+        workers=1,
+        shard_chars=30_000,
+        block_size=64,
+        progress=False,
+    )
+    assert again["shards"] == manifest["shards"]
+    for s in manifest["shards"]:
+        assert (tmp_path / s["name"]).read_bytes() == (out / s["name"]).read_bytes()
+    assert (
+        prepare_shards(
+            [f"wikipedia:{small_wiki_dump}"],
+            tmp_path,
+            tokenizer,
+            max_length=128,
+            workers=1,
+            shard_chars=30_000,
+            block_size=64,
+            progress=False,
+        )
+        == again
+    )
+    with pytest.raises(DataError, match="other settings"):
+        prepare_shards([f"wikipedia:{small_wiki_dump}"], tmp_path, tokenizer, max_length=64, progress=False)
+
+
+@pytest.mark.integration
+def test_end_to_end_batches_from_wikipedia(wiki_shards, tokenizer):
+    from pretrain_distill.data.masking import DynamicMasker
+
+    out, manifest = wiki_shards
+    loader = build_dataloader(
+        DataConfig(shards=str(out), num_workers=0), batch_size=16, rank=0, world_size=1, seed=0
+    )
+    batch = next(iter(loader))
+    masked, labels = DynamicMasker(tokenizer)(batch["input_ids"], batch["attention_mask"])
+    assert batch["input_ids"].shape == (16, 128) and (labels != -100).any()
+    assert len(loader) == -(-manifest["totals"]["sequences"] // 16)
+
+
+def test_interrupted_preparation_resumes_without_duplicates(tmp_path, tokenizer, monkeypatch):
+    corpus = tmp_path / "cc100"
+    write_cc100(corpus, {"de": 60, "ru": 40, "zh": 30})
+    args = dict(tokenizer=tokenizer, max_length=32, workers=1, shard_chars=1500, block_size=8, progress=False)
+    reference = prepare_shards([f"cc100:{corpus}"], tmp_path / "ref", **args)
+    assert set(reference["languages"]) == {"de", "ru", "zh"} and len(reference["shards"]) > 6
+
+    real = prepare_module.process_chunk
+    calls = []
+
+    def crash_after_three(chunk):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(chunk.index)
+        return real(chunk)
+
+    monkeypatch.setattr(prepare_module, "process_chunk", crash_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_shards([f"cc100:{corpus}"], tmp_path / "run", **args)
+    assert not (tmp_path / "run" / "manifest.json").exists()
+    with pytest.raises(DataError, match="preparation unfinished"):
+        load_manifest(tmp_path / "run")
+    calls.clear()
+    monkeypatch.setattr(prepare_module, "process_chunk", lambda c: calls.append(c.index) or real(c))
+    resumed = prepare_shards([f"cc100:{corpus}"], tmp_path / "run", **args)
+    assert len(calls) == len(reference["shards"]) - 3 and 0 not in calls  # finished shards not redone
+    assert resumed["shards"] == reference["shards"]
+    for s in reference["shards"]:
+        assert (tmp_path / "run" / s["name"]).read_bytes() == (tmp_path / "ref" / s["name"]).read_bytes()
+    assert not (tmp_path / "run" / "progress.jsonl").exists()
+
+
+def test_bad_documents_are_counted_and_reported(tmp_path, tokenizer, caplog):
+    path = tmp_path / "docs.jsonl"
+    long_doc = " ".join(f"word{i}" for i in range(400))
+    lines = [{"text": "Fine text."}, {"text": "   \n"}, {"text": long_doc}, {"text": ""}]
+    path.write_bytes(b"\n".join(json.dumps(x).encode() for x in lines) + b'\n{"text": "bad \xff byte"}\n')
+    with caplog.at_level(logging.WARNING):
+        manifest = prepare_shards(
+            [f"jsonl:{path}#language=en"],
+            tmp_path / "out",
+            tokenizer,
+            max_length=64,
+            workers=1,
+            progress=False,
+        )
+    totals = manifest["totals"]
+    assert totals["documents"] == 3 and totals["empty_documents"] == 2 and totals["decode_errors"] == 1
+    assert f"2 empty documents skipped (first: {path}: line 2)" in caplog.text
+    assert f"{path}: line 5, byte 14: invalid UTF-8" in caplog.text
+    encoded = len(tokenizer(long_doc, add_special_tokens=False)["input_ids"])
+    assert encoded > 128  # the long document is split over sequences, not truncated
+    assert totals["tokens"] - 2 * totals["sequences"] >= encoded
+
+
+def test_cli_prepare(tmp_path, capsys):
+    corpus = tmp_path / "c"
+    write_cc100(corpus, {"zh": 10})
+    code = cli_main(
+        [
+            "prepare",
+            "--source",
+            f"cc100:{corpus}",
+            "--out",
+            str(tmp_path / "o"),
+            "--workers",
+            "1",
+            "--max-length",
+            "16",
+            "--no-progress",
+        ]
+    )
+    assert code == 0 and "languages ['zh']" in capsys.readouterr().out
+    assert load_manifest(tmp_path / "o")["languages"]["zh"]["documents"] == 10
+    assert cli_main(["prepare", "--source", f"cc100:{tmp_path}/none*.txt", "--out", str(tmp_path / "p")]) == 1
+
+
+def test_cli_help_explains_usage(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["prepare", "--help"])
+    text = capsys.readouterr().out
+    assert "Examples:" in text and "KIND:PATH" in text and "--workers" in text
