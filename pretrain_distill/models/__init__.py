@@ -1,0 +1,47 @@
+"""Student presets and factory, the frozen teacher, and taps that capture hidden states and Q/K/V."""
+
+from pretrain_distill.models.families import UnsupportedArchitectureError, base_model, detect_family
+from pretrain_distill.models.students import (
+    PRESETS,
+    StudentSpec,
+    build_student,
+    build_student_from_config,
+    encoder_parameter_count,
+    resolve_spec,
+    spec_from_config,
+    spec_of,
+    teacher_layers_for_init,
+)
+from pretrain_distill.models.taps import QKV, Captured, Tap
+from pretrain_distill.models.teacher import (
+    MissingMLMHeadError,
+    build_teacher,
+    freeze,
+    has_mlm_head,
+    teacher_dtype,
+    truncate_layers,
+)
+
+__all__ = [
+    "PRESETS",
+    "QKV",
+    "Captured",
+    "MissingMLMHeadError",
+    "StudentSpec",
+    "Tap",
+    "UnsupportedArchitectureError",
+    "base_model",
+    "build_student",
+    "build_student_from_config",
+    "build_teacher",
+    "detect_family",
+    "encoder_parameter_count",
+    "freeze",
+    "has_mlm_head",
+    "resolve_spec",
+    "spec_from_config",
+    "spec_of",
+    "teacher_dtype",
+    "teacher_layers_for_init",
+    "truncate_layers",
+]

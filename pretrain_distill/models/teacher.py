@@ -1,0 +1,86 @@
+"""The frozen teacher: load (with or without the MLM head), freeze, and truncate to the layers read.
+
+The teacher never trains: its parameters have ``requires_grad=False``, it stays in eval mode, and
+:func:`truncate_layers` drops the Transformer layers above the deepest one any loss reads, so its
+forward stops there (the outputs of the layers kept are unchanged: they do not depend on later layers).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoModelForMaskedLM, PreTrainedModel
+
+from pretrain_distill.config import TeacherConfig
+from pretrain_distill.models.families import base_model, encoder_layers, set_encoder_layers
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class MissingMLMHeadError(ValueError):
+    """The teacher has no trained MLM head, but a loss (OD) needs its output distribution."""
+
+
+def teacher_dtype(name: str, device: torch.device | str) -> torch.dtype:
+    """``TeacherConfig.dtype`` as a torch dtype; ``"auto"`` = bf16 on CUDA, fp32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if name not in _DTYPES:
+        raise ValueError(f"teacher dtype must be auto, bf16, fp16 or fp32, got {name!r}")
+    return _DTYPES[name]
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and ``requires_grad=False`` on every parameter; returns ``model``."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def has_mlm_head(model: nn.Module) -> bool:
+    """Whether ``model`` carries an MLM head (a ``*ForMaskedLM`` model)."""
+    return base_model(model) is not model and model.get_output_embeddings() is not None
+
+
+def truncate_layers(model: nn.Module, depth: int) -> nn.Module:
+    """Keep Transformer layers ``1..depth`` of ``model`` (in place; the config keeps the full depth)."""
+    layers = encoder_layers(model)
+    if not 1 <= depth <= len(layers):
+        raise ValueError(f"cannot truncate {type(model).__name__} to {depth} layers: it has {len(layers)}")
+    if depth < len(layers):
+        set_encoder_layers(model, nn.ModuleList(list(layers)[:depth]))
+    return model
+
+
+def build_teacher(
+    teacher_cfg: TeacherConfig,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    needs_mlm_head: bool = False,
+) -> PreTrainedModel:
+    """Load the teacher frozen, in eval mode, on ``device`` in ``dtype`` (default: ``teacher_cfg.dtype``).
+
+    With ``needs_mlm_head`` it is loaded as ``AutoModelForMaskedLM`` and must have trained MLM head
+    weights (:class:`MissingMLMHeadError` otherwise, e.g. for all-MiniLM-L6-v2); without, as the bare
+    ``AutoModel`` with the pooler dropped (no loss reads it).
+    """
+    from pretrain_distill.assets import resolve_model_path
+
+    path = resolve_model_path(teacher_cfg.path)
+    dtype = dtype or teacher_dtype(teacher_cfg.dtype, device)
+    factory = AutoModelForMaskedLM if needs_mlm_head else AutoModel
+    model, info = factory.from_pretrained(
+        path, dtype=dtype, attn_implementation="sdpa", output_loading_info=True
+    )
+    if needs_mlm_head:
+        prefix = model.base_model_prefix + "."
+        head_missing = [k for k in info["missing_keys"] if not k.startswith(prefix)]
+        if head_missing:
+            raise MissingMLMHeadError(
+                f"teacher {path} has no MLM head weights (missing {', '.join(sorted(head_missing))}): "
+                "the OD loss needs the teacher's MLM logits; use a teacher with a trained MLM head "
+                "or drop the 'od' term"
+            )
+    elif getattr(model, "pooler", None) is not None:
+        model.pooler = None
+    return freeze(model.to(device))

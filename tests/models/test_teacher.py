@@ -1,0 +1,69 @@
+"""The frozen teacher: truncation keeps the states it reads, MLM-head check, dtype, freezing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pretrain_distill.config import TeacherConfig
+from pretrain_distill.models import (
+    MissingMLMHeadError,
+    Tap,
+    base_model,
+    build_teacher,
+    freeze,
+    has_mlm_head,
+    teacher_dtype,
+    truncate_layers,
+)
+from pretrain_distill.models.families import encoder_layers
+
+
+def test_truncated_teacher_gives_the_same_states_for_the_layers_read(tiny_model, batch):
+    freeze(tiny_model)
+    with torch.no_grad():
+        full = base_model(tiny_model)(**batch, output_hidden_states=True).hidden_states
+    truncate_layers(tiny_model, 1)
+    assert len(encoder_layers(tiny_model)) == 1
+    tap = Tap(tiny_model, hidden_layers=[0, 1], qkv_layers=[1])
+    with torch.no_grad():
+        last = base_model(tiny_model)(**batch).last_hidden_state
+    captured = tap.pop()
+    assert torch.equal(last, full[1])
+    assert torch.equal(captured.hidden[0], full[0]) and torch.equal(captured.hidden[1], full[1])
+
+
+def test_truncate_refuses_impossible_depths(tiny_bert):
+    with pytest.raises(ValueError, match="cannot truncate BertForMaskedLM to 3 layers: it has 2"):
+        truncate_layers(tiny_bert, 3)
+    with pytest.raises(ValueError, match="to 0 layers"):
+        truncate_layers(tiny_bert, 0)
+
+
+def test_freeze_and_has_mlm_head(tiny_bert):
+    freeze(tiny_bert.train())
+    assert not tiny_bert.training and not any(p.requires_grad for p in tiny_bert.parameters())
+    assert has_mlm_head(tiny_bert) and not has_mlm_head(tiny_bert.bert)
+
+
+def test_teacher_dtype():
+    assert teacher_dtype("auto", "cpu") == torch.float32
+    assert teacher_dtype("auto", "cuda") == torch.bfloat16
+    assert teacher_dtype("fp16", "cpu") == torch.float16
+    with pytest.raises(ValueError, match="got 'int8'"):
+        teacher_dtype("int8", "cpu")
+
+
+@pytest.mark.integration
+def test_build_teacher_loads_minilm_frozen_without_pooler(teacher_dir):
+    teacher = build_teacher(TeacherConfig(path=str(teacher_dir)), dtype=torch.bfloat16)
+    assert type(teacher).__name__ == "BertModel" and teacher.pooler is None
+    assert teacher.dtype == torch.bfloat16 and not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert teacher.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.integration
+def test_build_teacher_with_mlm_head_refuses_headless_minilm(teacher_dir):
+    with pytest.raises(MissingMLMHeadError, match="has no MLM head weights .*cls.predictions"):
+        build_teacher(TeacherConfig(path=str(teacher_dir)), needs_mlm_head=True)
