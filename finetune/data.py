@@ -1,0 +1,43 @@
+"""Tokenisation and batching: ``text_a`` / ``text_b`` / ``label`` datasets -> padded tensor batches."""
+
+from __future__ import annotations
+
+import datasets
+import torch
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+
+def encode(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> datasets.Dataset:
+    """Tokenise (truncating pairs longest-first to ``max_length``); keeps ``input_ids``, masks, ``labels``."""
+    pair = "text_b" in ds.column_names
+
+    def tokenize(batch: dict) -> dict:
+        texts = (batch["text_a"], batch["text_b"]) if pair else (batch["text_a"],)
+        return tokenizer(*texts, truncation=True, max_length=max_length)
+
+    out = ds.map(tokenize, batched=True, remove_columns=[c for c in ds.column_names if c != "label"])
+    return out.rename_column("label", "labels")
+
+
+def limit(ds: datasets.Dataset, n: int | None, seed: int | None = None) -> datasets.Dataset:
+    """The first ``n`` examples (after a shuffle with ``seed`` when given); all when ``n`` is None."""
+    if n is None or n >= len(ds):
+        return ds
+    if n <= 0:
+        raise ValueError(f"sample limit must be positive, got {n}")
+    return (ds.shuffle(seed=seed) if seed is not None else ds).select(range(n))
+
+
+def make_loader(
+    ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, shuffle: bool, seed: int = 0
+) -> DataLoader:
+    """Dynamic-padding batches of an :func:`encode`-d dataset (seeded order when ``shuffle``)."""
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        collate_fn=DataCollatorWithPadding(tokenizer),
+    )

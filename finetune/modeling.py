@@ -1,0 +1,107 @@
+"""Models for the fine-tuning stage: load a classifier from any encoder directory, pick the device.
+
+``load_classifier`` uses ``AutoModelForSequenceClassification``: a directory holding only an encoder
+(``BertModel`` such as all-MiniLM-L6-v2, or an exported ``*ForMaskedLM`` student) gets a freshly
+initialised classification head (and pooler), a fine-tuned directory keeps its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from finetune.tasks import TaskSpec
+
+
+def resolve_model_path(name: str) -> str:
+    """``"minilm"`` -> the embedded teacher directory; a local path must exist; anything else unchanged."""
+    from pretrain_distill.assets import resolve_model_path as resolve_asset
+
+    name = resolve_asset(name)
+    if (name.startswith((".", "/", "~")) or Path(name).parent != Path(".")) and not Path(
+        name
+    ).expanduser().exists():
+        raise FileNotFoundError(f"model directory not found: {name}")
+    return name
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda requested but no CUDA device is available")
+    return torch.device(device)
+
+
+def load_tokenizer(path: str):
+    return AutoTokenizer.from_pretrained(resolve_model_path(path))
+
+
+def load_classifier(path: str, spec: TaskSpec) -> PreTrainedModel:
+    """A sequence classifier for ``spec`` from the model directory ``path`` (head added if missing)."""
+    path = resolve_model_path(path)
+    config = AutoConfig.from_pretrained(path)
+    kwargs: dict = {"num_labels": spec.num_labels}
+    if spec.is_regression:
+        kwargs["problem_type"] = "regression"
+    else:
+        kwargs["problem_type"] = "single_label_classification"
+        kwargs["id2label"] = dict(enumerate(spec.labels))
+        kwargs["label2id"] = {name: i for i, name in enumerate(spec.labels)}
+    if (
+        getattr(config, "num_labels", None) not in (None, spec.num_labels)
+        and config.architectures
+        and any(a.endswith("ForSequenceClassification") for a in config.architectures)
+    ):
+        raise ValueError(
+            f"{path} is a classifier with {config.num_labels} labels, task {spec.name} has {spec.num_labels}"
+        )
+    # Encoder-only checkpoints lack the head: its fresh initialisation is expected, not worth a warning.
+    logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
+    return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+
+
+def classification_head(model: PreTrainedModel) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The part of ``model`` after its encoder: last hidden states ``[B, T, d]`` -> logits.
+
+    BERT-style models pool the first token (``pooler``) then apply ``classifier``; RoBERTa-style heads
+    (``classifier.dense`` + ``classifier.out_proj``) take the sequence. Used by ILD-RTC to run the
+    teacher's classifier on (projected) student states."""
+    pooler = getattr(model.base_model, "pooler", None)
+    classifier = getattr(model, "classifier", None)
+    if isinstance(classifier, nn.Linear) and pooler is not None:
+        dropout = getattr(model, "dropout", nn.Identity())
+        return lambda hidden: classifier(dropout(pooler(hidden)))
+    if classifier is not None and hasattr(classifier, "out_proj"):
+        return classifier
+    raise ValueError(
+        f"{type(model).__name__}: reusing its classifier is supported for BERT/RoBERTa-style heads"
+    )
+
+
+def encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
+    """The Transformer layer list of a BERT/RoBERTa-style model."""
+    encoder = getattr(model.base_model, "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"{type(model).__name__}: no base_model.encoder.layer list")
+    return layers
+
+
+def init_from_teacher_layers(student: PreTrainedModel, teacher: PreTrainedModel) -> None:
+    """Copy the teacher's embeddings and first M layers into the M-layer student (same widths)."""
+    s_layers, t_layers = encoder_layers(student), encoder_layers(teacher)
+    if len(s_layers) > len(t_layers):
+        raise ValueError(f"student has {len(s_layers)} layers, the teacher only {len(t_layers)}")
+    try:
+        student.base_model.embeddings.load_state_dict(teacher.base_model.embeddings.state_dict())
+        for s_layer, t_layer in zip(s_layers, t_layers):
+            s_layer.load_state_dict(t_layer.state_dict())
+    except RuntimeError as err:
+        raise ValueError(f"student_init: teacher_layers needs the teacher's layer shapes: {err}") from err

@@ -1,0 +1,77 @@
+"""Run tasks x seeds: locally one after another, or one job per SLURM array index.
+
+`{task}` in model / distill.teacher / run_name is replaced by each job's task (per-task teachers).
+On SLURM, size the array with --count and let each array task run its own index:
+
+  sbatch --array=0-$(( $(finetune sweep --tasks sst2 mrpc rte --seeds 1 2 3 --count) - 1 )) \
+      slurm/finetune_array.sbatch --model runs/distill/export --tasks sst2 mrpc rte --seeds 1 2 3
+
+Examples:
+  finetune sweep --model minilm --tasks cola sst2 mrpc stsb qqp mnli qnli rte --data-dir glue_data
+  finetune sweep --model minilm --tasks sst2 mrpc --seeds 1 2 3 --list
+  finetune sweep --model minilm --tasks sst2 mrpc --seeds 1 2 3 --index 4     # = mrpc, seed 2
+  finetune sweep --student S --teacher 'runs/finetune/{task}/minilm/seed1/model' --method pkd --tasks rte mrpc
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+
+from finetune.cli_args import add_common_arguments, config_from_args
+from finetune.config import FinetuneConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+    parser.add_argument("--tasks", nargs="+", help="tasks to run (default: the config's task)")
+    parser.add_argument("--teacher", help="distil from this teacher ('{task}' is substituted)")
+    parser.add_argument("--student", help="student directory for distillation (model)")
+    parser.add_argument("--method", choices=["vanilla", "pkd", "rail_l", "rail_c", "ild_rtc"])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--index", type=int, help="run only job INDEX (a SLURM array task id)")
+    mode.add_argument("--list", action="store_true", help="print the jobs and exit")
+    mode.add_argument("--count", action="store_true", help="print the number of jobs and exit")
+
+
+def jobs(cfg: FinetuneConfig, tasks: list[str]) -> list[FinetuneConfig]:
+    """One config per (task, seed), in task-major order, with ``{task}`` substituted."""
+    out = []
+    for task, seed in itertools.product(tasks, cfg.seeds):
+        distill = dataclasses.replace(cfg.distill, teacher=cfg.distill.teacher.format(task=task))
+        out.append(
+            dataclasses.replace(
+                cfg,
+                task=task,
+                seeds=[seed],
+                model=cfg.model.format(task=task),
+                run_name=cfg.run_name.format(task=task),
+                distill=distill,
+            )
+        )
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    todo = jobs(cfg, args.tasks or [cfg.task])
+    if args.count:
+        print(len(todo))
+        return 0
+    if args.list:
+        for i, job in enumerate(todo):
+            print(f"{i}\t{job.task}\tseed={job.seeds[0]}\t{job.model}")
+        return 0
+    if args.index is not None:
+        if not 0 <= args.index < len(todo):
+            raise SystemExit(f"finetune sweep: --index {args.index} out of range 0..{len(todo) - 1}")
+        todo = [todo[args.index]]
+    else:  # locally: one job per task with all its seeds (the data is loaded once per task)
+        todo = [dataclasses.replace(job, seeds=cfg.seeds) for job in todo[:: len(cfg.seeds)]]
+    from finetune.run import run as run_job
+
+    for job in todo:
+        for run_dir in run_job(job):
+            print(run_dir)
+    return 0
