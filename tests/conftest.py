@@ -16,6 +16,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """One intra-op thread: the tiny test models gain nothing from more, and OpenMP spin-waiting makes
+    them 10-50x slower whenever another process competes for the 2 cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def teacher_dir():
     """Local directory of the real all-MiniLM-L6-v2 teacher (BertModel 6x384, 12 heads)."""

@@ -182,15 +182,3 @@ def tiny_classifier(layers: int, hidden: int, num_labels: int = 2, seed: int = 0
 def tiny_teacher_dir(tmp_path_factory, tokenizer):
     """A 4-layer, 64-wide 'fine-tuned' binary teacher classifier."""
     return _save(tiny_classifier(4, 64, seed=1), tokenizer, tmp_path_factory.mktemp("tiny_teacher"))
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: tiny models gain nothing from more, and on a shared 2-core machine under
-    load multi-threaded ops run 2-50x slower (spin-waiting threads); MiniLM on 1 thread stays steady."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -18,16 +18,6 @@ from transformers import (
 SMALL = dict(vocab_size=101, max_position_embeddings=40)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core box OpenMP spin-waiting makes
-    them ~15x slower when other processes compete for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_models() -> dict[str, torch.nn.Module]:
     """One tiny ``*ForMaskedLM`` per supported family, in eval mode, SDPA attention."""
     torch.manual_seed(0)

@@ -43,16 +43,6 @@ OBJECTIVES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core box OpenMP spin-waiting makes
-    them ~15x slower when other processes compete for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_teacher(**overrides) -> BertForMaskedLM:
     torch.manual_seed(0)
     return BertForMaskedLM(BertConfig(**{**TEACHER, **overrides})).eval()

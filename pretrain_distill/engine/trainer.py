@@ -1,0 +1,371 @@
+"""The distillation loop: :func:`train` builds teacher, student, Distiller, data stream and the DeepSpeed
+engine from a :class:`RunConfig`, then trains with periodic atomic checkpoints, exact resume, preemption
+handling, non-finite-loss guarding, progress and metrics, and exports the student at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pretrain_distill.config import RunConfig
+from pretrain_distill.configuration import ConfigError, save_config
+from pretrain_distill.engine.checkpoint import CheckpointStore
+from pretrain_distill.engine.distributed import (
+    DistEnv,
+    all_reduce_sum,
+    barrier,
+    detect_env,
+    init_distributed,
+    launcher_env_scope,
+    resolve_device,
+)
+from pretrain_distill.engine.ds_config import build_deepspeed_config
+from pretrain_distill.engine.logging import MetricsLogger
+from pretrain_distill.engine.schedule import build_lr_scheduler
+from pretrain_distill.engine.signals import PreemptionFlag
+from pretrain_distill.engine.state import TrainState, load_checkpoint, save_checkpoint
+
+
+class Preempted(RuntimeError):
+    """A preemption signal arrived; a checkpoint was saved and the run stopped (resume to continue)."""
+
+    def __init__(self, signal_name: str, checkpoint: Path) -> None:
+        super().__init__(
+            f"{signal_name} received: saved {checkpoint}; rerun with train.resume=auto to continue"
+        )
+        self.checkpoint = checkpoint
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf more often than ``train.nan_skip_budget`` allows."""
+
+
+def mask_seed(seed: int, micro_step: int, rank: int) -> int:
+    """Seed of the MLM masking generator for one micro-batch: a function of (seed, micro_step, rank) only."""
+    return int(np.random.SeedSequence([seed, micro_step, rank]).generate_state(1)[0])
+
+
+def resolve_init_from(path: str) -> str:
+    """``student.init_from`` as a model directory: a HF model dir or weights file as given, a checkpoint
+    dir -> its ``student/``, a run dir -> its ``export/`` (or its newest checkpoint's ``student/``)."""
+    if not path:
+        return path
+    candidate = Path(path)
+    if candidate.is_file() or (candidate / "config.json").is_file():
+        return str(candidate)
+    if (candidate / "student" / "config.json").is_file():
+        return str(candidate / "student")
+    if (candidate / "export" / "config.json").is_file():
+        return str(candidate / "export")
+    latest = CheckpointStore(candidate / "checkpoints", keep_last=1).latest()
+    if latest is not None:
+        return str(latest / "student")
+    raise ConfigError(
+        f"student.init_from: {path} is neither a model directory, a checkpoint, nor a run directory with an "
+        "export or a complete checkpoint"
+    )
+
+
+def resolve_resume(resume: str, store: CheckpointStore) -> Path | None:
+    """``train.resume``: ``auto`` = newest complete checkpoint (or none), ``none``, or a checkpoint path."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        return store.latest()
+    path = Path(resume)
+    if not (path / "COMPLETE").is_file():
+        raise ConfigError(f"train.resume: {resume} is not a complete checkpoint directory")
+    return path
+
+
+def check_tokenizer(manifest: dict[str, Any], tokenizer: Any) -> None:
+    """The shards must have been tokenized with the run's tokenizer (same vocabulary size and special ids)."""
+    shard_tok = manifest["tokenizer"]
+    ours = {
+        "vocab_size": len(tokenizer),
+        **{f"{role}_id": getattr(tokenizer, f"{role}_token_id") for role in ("cls", "sep", "pad", "mask")},
+    }
+    diff = {k: (shard_tok.get(k), v) for k, v in ours.items() if shard_tok.get(k) != v}
+    if diff:
+        detail = ", ".join(f"{k}: shards {a}, run {b}" for k, (a, b) in diff.items())
+        raise ConfigError(
+            f"data.shards were prepared with tokenizer {shard_tok.get('name')!r}, which differs from the run's "
+            f"({detail}): prepare the shards with the teacher's tokenizer or set teacher.tokenizer"
+        )
+
+
+def total_steps(cfg: RunConfig, batches_per_epoch: int) -> int:
+    """Optimizer steps of the run: ``max_steps`` when set, else ``epochs`` over the shards."""
+    if cfg.train.max_steps > 0:
+        return cfg.train.max_steps
+    steps = math.floor(cfg.train.epochs * batches_per_epoch / cfg.train.grad_accum)
+    if steps < 1:
+        raise ConfigError(
+            f"train.epochs={cfg.train.epochs} over {batches_per_epoch} batches per rank and epoch gives no "
+            "optimizer step: more data, more epochs, or a smaller micro batch / grad_accum"
+        )
+    return steps
+
+
+def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases and LayerNorm weights (1-d parameters)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+def _memory_gb(device: torch.device) -> dict[str, float]:
+    if device.type == "cuda":
+        return {"gpu_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30}
+    return {"cpu_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+class _Interval:
+    """Sums over the micro-batches since the last log line."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.terms: dict[str, float] = {}
+        self.count = 0
+        self.tokens = 0
+        self.wait = 0.0
+        self.start = time.perf_counter()
+
+    def add(self, losses: dict[str, float], tokens: int, wait: float) -> None:
+        for key, value in losses.items():
+            self.terms[key] = self.terms.get(key, 0.0) + value
+        self.count += 1
+        self.tokens += tokens
+        self.wait += wait
+
+
+class Trainer:
+    """One distillation run; :func:`train` is the entry point."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        from pretrain_distill.data import DynamicMasker, build_dataloader, load_manifest
+        from pretrain_distill.models import build_student_from_config, build_teacher
+        from pretrain_distill.objectives import Distiller
+
+        self.cfg = cfg
+        self.dist: DistEnv = detect_env()
+        self.device = resolve_device(cfg.train.device, self.dist.local_rank)
+        ds_config = build_deepspeed_config(cfg.train, self.dist.world_size, self.device)
+        init_distributed(self.dist, self.device)
+        import deepspeed
+
+        self.run_dir = Path(cfg.train.output_dir)
+        self.store = CheckpointStore(self.run_dir / "checkpoints", cfg.train.keep_last)
+        self.resume_from = resolve_resume(cfg.train.resume, self.store)
+
+        # Inputs first (cheap, and the usual mistakes): init_from, tokenizer, shards.
+        student_cfg = replace(cfg.student, init_from=resolve_init_from(cfg.student.init_from))
+        self.tokenizer = _load_tokenizer(cfg)
+        self.loader = build_dataloader(
+            cfg.data, cfg.train.micro_batch_size, self.dist.rank, self.dist.world_size, cfg.train.seed
+        )
+        check_tokenizer(load_manifest(cfg.data.shards), self.tokenizer)
+        self.masker = DynamicMasker(self.tokenizer, probability=cfg.data.mlm_probability)
+
+        torch.manual_seed(cfg.train.seed)  # identical student init and maps on every rank
+        needs_teacher_head = cfg.objective.weights.get("od", 0) > 0
+        teacher = build_teacher(cfg.teacher, self.device, needs_mlm_head=needs_teacher_head)
+        student = build_student_from_config(student_cfg, teacher)
+        self.distiller = Distiller(cfg.objective, student, teacher)
+        self.total_steps = total_steps(cfg, len(self.loader))
+
+        optimizer = torch.optim.AdamW(
+            _param_groups(self.distiller, cfg.train.weight_decay),
+            lr=cfg.train.lr,
+            betas=tuple(cfg.train.betas),
+            eps=cfg.train.eps,
+        )
+        scheduler = build_lr_scheduler(optimizer, self.total_steps, cfg.train.warmup_ratio)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=self.distiller, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+        )
+        torch.manual_seed(cfg.train.seed + self.dist.rank)  # dropout differs per rank
+
+        self.state = TrainState()
+        if self.resume_from is not None:
+            self.state = load_checkpoint(self.resume_from, self.engine, self.loader, self.dist)
+        elif self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            self.tokenizer.save_pretrained(self.run_dir / "tokenizer")
+        barrier()
+
+    # ------------------------------------------------------------------------------------ the loop
+
+    def _batches(self):
+        """Micro-batches forever, advancing the epoch (loader order and random mapping) at each pass."""
+        self.loader.set_epoch(self.state.epoch)
+        self.distiller.set_epoch(self.state.epoch)
+        while True:
+            yield from self.loader
+            self.state.epoch += 1
+            self.loader.set_epoch(self.state.epoch)
+            self.distiller.set_epoch(self.state.epoch)
+
+    def _micro_step(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+        input_ids = batch["input_ids"].to(self.device, non_blocking=True)
+        attention_mask = batch["attention_mask"].to(self.device, non_blocking=True)
+        labels = None
+        if self.distiller.needs_masking:
+            generator = torch.Generator(self.device)
+            generator.manual_seed(mask_seed(self.cfg.train.seed, self.state.micro_step, self.dist.rank))
+            input_ids, labels = self.masker(input_ids, attention_mask, generator)
+        losses = self.engine(input_ids, attention_mask, labels)
+        return losses, int(attention_mask.sum())
+
+    def _agree(self, losses: dict[str, torch.Tensor], stop: bool, tokens: int) -> tuple[bool, bool, int]:
+        """One collective per micro-batch: (loss finite on all ranks, any rank asked to stop, global tokens)."""
+        flags = torch.tensor(
+            [0.0 if bool(torch.isfinite(losses["loss"].detach())) else 1.0, float(stop), float(tokens)],
+            dtype=torch.float64,
+            device=self.device,
+        )
+        nonfinite, stops, total = all_reduce_sum(flags).tolist()
+        return nonfinite == 0.0, stops > 0.0, int(total)
+
+    def _on_non_finite(self, losses: dict[str, torch.Tensor]) -> None:
+        self.state.nan_skipped += 1
+        terms = ", ".join(f"{k}={float(v.detach()):.6g}" for k, v in losses.items())
+        message = (
+            f"non-finite loss at step {self.state.step + 1} (micro-batch {self.state.micro_step}, rank-local "
+            f"terms: {terms}); skipped {self.state.nan_skipped} of train.nan_skip_budget="
+            f"{self.cfg.train.nan_skip_budget}"
+        )
+        if self.state.nan_skipped > self.cfg.train.nan_skip_budget:
+            raise NonFiniteLossError(message)
+        if self.dist.is_main:
+            warnings.warn(message, stacklevel=2)
+
+    def _log(self, interval: _Interval, lr: float, grad_norm: float | None, logger: MetricsLogger) -> dict:
+        keys = sorted(interval.terms)
+        sums = torch.tensor([interval.terms[k] for k in keys] + [float(interval.count)], dtype=torch.float64)
+        sums = all_reduce_sum(sums.to(self.device)).cpu().tolist()
+        count = sums[-1]
+        elapsed = max(time.perf_counter() - interval.start, 1e-9)
+        losses = {("loss" if k == "loss" else f"loss_{k}"): v / count for k, v in zip(keys, sums)}
+        metrics = {
+            **losses,
+            "lr": lr,
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "tokens_per_s": interval.tokens / elapsed,
+            "loader_wait_s": interval.wait,
+            "epoch": self.state.epoch,
+            "tokens": self.state.tokens,
+            **_memory_gb(self.device),
+        }
+        logger.log(self.state.step, metrics)
+        self.state.last_losses = losses
+        return metrics
+
+    def fit(self, preemption: PreemptionFlag) -> Path:
+        """Train to ``total_steps`` (from the resumed position); returns the run directory.
+
+        ``preemption`` is polled at every micro-batch: once set (on any rank), the current optimizer step
+        is finished, a checkpoint saved and :class:`Preempted` raised.
+        """
+        cfg = self.cfg.train
+        logger = MetricsLogger(self.run_dir, enabled=self.dist.is_main, resume_step=self.state.step)
+        progress = tqdm(
+            total=self.total_steps,
+            initial=self.state.step,
+            disable=not self.dist.is_main,
+            unit="step",
+            dynamic_ncols=True,
+            desc="distill",
+            mininterval=0.5 if sys.stderr.isatty() else 30.0,  # batch logs (SLURM): a line per 30 s
+        )
+        interval = _Interval()
+        batches = self._batches()
+        self.engine.train()
+        saved_step = self.state.step if self.resume_from is not None else -1
+        try:
+            while self.state.step < self.total_steps:
+                self.distiller.set_step(self.state.step)
+                stop, done = False, 0
+                while done < cfg.grad_accum:  # a skipped (non-finite) micro-batch is replaced
+                    start = time.perf_counter()
+                    batch = next(batches)
+                    wait = time.perf_counter() - start
+                    losses, local_tokens = self._micro_step(batch)
+                    finite, stop_now, tokens = self._agree(losses, preemption.requested, local_tokens)
+                    stop = stop or stop_now
+                    self.state.micro_step += 1
+                    if not finite:
+                        self._on_non_finite(losses)
+                        continue
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    self.engine.backward(losses["loss"])
+                    self.engine.step()
+                    done += 1
+                    self.state.tokens += tokens
+                    interval.add({k: float(v.detach()) for k, v in losses.items()}, tokens, wait)
+                self.state.step += 1
+                progress.update(1)
+                if self.state.step % cfg.log_every == 0 or self.state.step == self.total_steps:
+                    metrics = self._log(interval, lr, self.engine.get_global_grad_norm(), logger)
+                    progress.set_postfix(
+                        loss=f"{metrics['loss']:.4g}", tok_s=f"{metrics['tokens_per_s']:.3g}"
+                    )
+                    interval.reset()
+                if stop or self.state.step % cfg.save_every == 0 or self.state.step == self.total_steps:
+                    save_start = time.perf_counter()
+                    path = self.save()
+                    saved_step = self.state.step
+                    interval.start += time.perf_counter() - save_start  # tokens/s counts training time only
+                    if stop:
+                        raise Preempted(preemption.received.name if preemption.received else "stop", path)
+            if saved_step != self.state.step:  # resumed at the end, or total_steps not a save step
+                self.save()
+        finally:
+            progress.close()
+            logger.close()
+        if cfg.export and self.dist.is_main:
+            from pretrain_distill.export import export_run
+
+            export_run(self.run_dir)
+        barrier()
+        return self.run_dir
+
+    def save(self) -> Path:
+        return save_checkpoint(
+            self.store, self.engine, self.distiller.student, self.loader, self.state, self.cfg, self.dist
+        )
+
+
+def _load_tokenizer(cfg: RunConfig):
+    from transformers import AutoTokenizer
+
+    from pretrain_distill.assets import resolve_model_path
+
+    return AutoTokenizer.from_pretrained(resolve_model_path(cfg.teacher.tokenizer or cfg.teacher.path))
+
+
+def train(cfg: RunConfig) -> Path:
+    """Run (or resume, per ``train.resume``) a distillation; returns the run directory.
+
+    Raises :class:`Preempted` after saving a checkpoint on SIGTERM / SIGUSR1, and
+    :class:`NonFiniteLossError` when non-finite losses exceed ``train.nan_skip_budget``.
+    """
+    # Signal handlers go in before the slow start-up, so no preemption signal is lost.
+    with launcher_env_scope(), PreemptionFlag() as preemption:
+        return Trainer(cfg).fit(preemption)

@@ -1,0 +1,69 @@
+"""Write a run's curves as PNGs under ``<run_dir>/plots/``, from ``logs/metrics.jsonl``:
+
+  losses.png     the total loss and every loss term against the optimizer step (log scale)
+  training.png   learning rate, gradient norm and tokens/s against the step
+
+Example:
+
+  pretrain-distill plot runs/distill
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pretrain_distill.engine.logging import read_metrics
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="run directory (holds logs/metrics.jsonl)")
+
+
+def run(args: argparse.Namespace) -> int:
+    for path in plot_run(args.run_dir):
+        print(path)
+    return 0
+
+
+def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _figure(records: list[dict], keys: list[str], path: Path, log_scale: bool) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.4 * len(keys)), sharex=True, squeeze=False)
+    for ax, key in zip(axes[:, 0], keys):
+        steps, values = _series(records, key)
+        ax.plot(steps, values, linewidth=1.2)
+        ax.set_ylabel(key)
+        if log_scale and values and min(values) > 0:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("optimizer step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Write ``losses.png`` and ``training.png``; returns the paths written."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir / "logs" / "metrics.jsonl")
+    if not records:
+        raise FileNotFoundError(f"{run_dir}: no metrics in logs/metrics.jsonl (has the run logged a step?)")
+    out = run_dir / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    present = {k for r in records for k in r}
+    loss_keys = ["loss"] + sorted(k for k in present if k.startswith("loss_"))
+    written = [_figure(records, [k for k in loss_keys if k in present], out / "losses.png", log_scale=True)]
+    other = [k for k in ("lr", "grad_norm", "tokens_per_s") if k in present]
+    if other:
+        written.append(_figure(records, other, out / "training.png", log_scale=False))
+    return written

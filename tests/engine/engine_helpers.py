@@ -1,0 +1,75 @@
+"""Helpers shared by the engine tests: tiny run configs and child processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from pretrain_distill.config import RunConfig, load_run_config
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+
+
+def tiny_overrides(teacher: Path, shards: Path, out: Path, *extra: str) -> list[str]:
+    """Overrides for a fast CPU run: tiny student, fp32, ZeRO-2, no loader workers."""
+    return [
+        f"teacher.path={teacher}",
+        "student.preset=null",
+        "student.layers=2",
+        "student.heads=2",
+        "student.hidden=32",
+        "student.ffn=64",
+        f"data.shards={shards}",
+        "data.num_workers=0",
+        "data.shuffle_buffer=64",
+        f"train.output_dir={out}",
+        "train.device=cpu",
+        "train.precision=fp32",
+        "train.micro_batch_size=4",
+        "train.max_steps=6",
+        "train.save_every=3",
+        "train.log_every=1",
+        "train.lr=1e-3",
+        "train.warmup_ratio=0.1",
+        "objective.weights={hs: 1.0}",
+        "objective.mapping=uniform",
+        *extra,
+    ]
+
+
+def tiny_config(teacher: Path, shards: Path, out: Path, *extra: str) -> RunConfig:
+    return load_run_config(overrides=tiny_overrides(teacher, shards, out, *extra))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for child processes: one thread each, no launcher variables inherited."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
+    }
+    env.update(
+        OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false"
+    )
+    env.update(extra)
+    return env
+
+
+def run_python(code: str, *args: str, env: dict[str, str] | None = None, timeout: int = 180):
+    """Run ``code`` in a fresh interpreter (cwd = repo); returns the CompletedProcess."""
+    return subprocess.run(
+        [PYTHON, "-c", code, *args],
+        cwd=REPO,
+        env=env or subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
