@@ -133,6 +133,12 @@ def _memory_gb(device: torch.device) -> dict[str, float]:
     return {"cpu_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
+def _total_grad_norm(module: torch.nn.Module) -> float:
+    """L2 norm of all gradients of ``module`` (before clipping, as DeepSpeed reports it)."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+
+
 class _Interval:
     """Sums over the micro-batches since the last log line."""
 
@@ -200,6 +206,12 @@ class Trainer:
             model=self.distiller, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
         torch.manual_seed(cfg.train.seed + self.dist.rank)  # dropout differs per rank
+        # DeepSpeed records the global grad norm in its ZeRO / bf16 / fp16 optimizers, not for plain
+        # fp32 ZeRO-0: there we measure it ourselves (grads are all-reduced by then, so it is global).
+        self.measure_grad_norm = not (
+            self.engine.zero_optimization() or self.engine.bfloat16_enabled() or self.engine.fp16_enabled()
+        )
+        self.grad_norm: float | None = None
 
         self.state = TrainState()
         if self.resume_from is not None:
@@ -315,6 +327,8 @@ class Trainer:
                         continue
                     lr = self.optimizer.param_groups[0]["lr"]
                     self.engine.backward(losses["loss"])
+                    if self.measure_grad_norm and self.engine.is_gradient_accumulation_boundary():
+                        self.grad_norm = _total_grad_norm(self.distiller)
                     self.engine.step()
                     done += 1
                     self.state.tokens += tokens
@@ -322,7 +336,7 @@ class Trainer:
                 self.state.step += 1
                 progress.update(1)
                 if self.state.step % cfg.log_every == 0 or self.state.step == self.total_steps:
-                    metrics = self._log(interval, lr, self.engine.get_global_grad_norm(), logger)
+                    metrics = self._log(interval, lr, self._global_grad_norm(), logger)
                     progress.set_postfix(
                         loss=f"{metrics['loss']:.4g}", tok_s=f"{metrics['tokens_per_s']:.3g}"
                     )
@@ -345,6 +359,9 @@ class Trainer:
             export_run(self.run_dir)
         barrier()
         return self.run_dir
+
+    def _global_grad_norm(self) -> float | None:
+        return self.grad_norm if self.measure_grad_norm else self.engine.get_global_grad_norm()
 
     def save(self) -> Path:
         return save_checkpoint(

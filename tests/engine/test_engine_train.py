@@ -4,6 +4,7 @@ errors."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 
@@ -63,6 +64,7 @@ def test_run_directory_layout(hs_run):
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     for key in ("loss", "loss_hs", "lr", "grad_norm", "tokens_per_s", "loader_wait_s", "cpu_rss_gb"):
         assert all(isinstance(r[key], float) for r in records), key
+    assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in records)
     assert records[0]["lr"] > records[-1]["lr"] > 0  # decaying after the 1-step warmup
     assert list((hs_run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
 
