@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,11 +55,13 @@ def _optimizer(module: nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def _deepspeed_engine(module, optimizer, scheduler, cfg: FinetuneConfig):
-    """Wrap with ``deepspeed.initialize`` (one process unless launched by ``deepspeed``/``torchrun``)."""
+def _deepspeed_engine(module, optimizer, scheduler, cfg: FinetuneConfig, device: torch.device):
+    """Wrap with ``deepspeed.initialize``; rank / world come from whichever launcher ran (or none:
+    one process), as in the distillation engine."""
     import deepspeed
 
     from pretrain_distill.configuration import CONFIG_ROOT
+    from pretrain_distill.engine.distributed import detect_env, init_distributed
 
     path = next((p for p in (Path(cfg.deepspeed), CONFIG_ROOT / cfg.deepspeed) if p.is_file()), None)
     if path is None:
@@ -74,9 +75,7 @@ def _deepspeed_engine(module, optimizer, scheduler, cfg: FinetuneConfig):
         gradient_clipping=cfg.grad_clip,
     )
     ds_config.pop("train_batch_size", None)
-    for var, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
-        os.environ.setdefault(var, value)
-    os.environ.setdefault("MASTER_PORT", "29517")
+    init_distributed(detect_env(), device)
     engine, _, _, _ = deepspeed.initialize(
         model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
@@ -102,7 +101,7 @@ def fit(
         raise ValueError("nothing to train: the training set is empty")
     optimizer = _optimizer(module, cfg)
     scheduler = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total), total)
-    engine = _deepspeed_engine(module, optimizer, scheduler, cfg) if cfg.deepspeed else None
+    engine = _deepspeed_engine(module, optimizer, scheduler, cfg, device) if cfg.deepspeed else None
     result, best_score, best_state = FitResult(), -math.inf, None
     bar = tqdm(total=total, desc="train", disable=not cfg.progress, dynamic_ncols=True)
     epoch = 0
