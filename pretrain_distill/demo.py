@@ -8,12 +8,15 @@
                 sentences (binary sentiment, held-out split)
   6. report     a results table, and where the model, logs and plot are
 
-Profiles: `cpu` (default without a GPU: about 10-15 minutes on 2 cores), `gpu` (default with one:
+Profiles: `cpu` (default without a GPU: about 12 minutes on 2 cores), `gpu` (default with one:
 longer distillation, all fine-tuning data, 3 seeds), `tiny` (seconds; what the integration test runs).
+`--objectives` distils one student per objective config (configs/objectives/) and fine-tunes each:
+the paper's comparison at small scale (docs/results.md).
 
   pretrain-distill demo                               # or: make demo
   pretrain-distill demo --profile tiny --out runs/demo-tiny
   make demo DEMO_ARGS="--device cuda"
+  pretrain-distill demo --objectives hs_uniform hs_last minilmv2_lt1 direct_minilm --seeds 1 2 3
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -50,7 +54,7 @@ PROFILES = {
     "gpu": Profile(256, 4000, 64, None, None, 3, 32, (1, 2, 3), 4),
 }
 
-STUDENT = ["students/minilm_3x192", "objectives/minilmv2_lt1"]
+STUDENT = "students/minilm_3x192"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,20 +62,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     parser.add_argument("--steps", type=int, help="override the profile's distillation steps")
+    parser.add_argument(
+        "--objectives",
+        nargs="+",
+        default=["minilmv2_lt1"],
+        metavar="NAME",
+        help="objective configs (configs/objectives/NAME.yaml), one distilled student each "
+        "(default: minilmv2_lt1)",
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, help="fine-tuning seeds (default: the profile's)")
+    parser.add_argument("--no-teacher", action="store_true", help="do not fine-tune the teacher")
 
 
 def _stage(title: str) -> None:
     print(f"\n==> {title}", flush=True)
 
 
-def distill_config(out: Path, profile: Profile, device: str, shards: Path):
+def distill_config(run_dir: Path, objective: str, profile: Profile, device: str, shards: Path):
     from pretrain_distill.config import load_run_config
 
     overrides = [
         f"data.shards={shards}",
         f"data.num_workers={profile.workers}",
         "data.shuffle_buffer=512",
-        f"train.output_dir={out / 'distill'}",
+        f"train.output_dir={run_dir}",
         f"train.max_steps={profile.distill_steps}",
         f"train.micro_batch_size={profile.distill_batch}",
         f"train.save_every={max(1, profile.distill_steps // 4)}",
@@ -81,7 +95,7 @@ def distill_config(out: Path, profile: Profile, device: str, shards: Path):
         "train.deepspeed=deepspeed/zero0.json",
         "objective.relation_heads=12",  # divides both 384 (teacher) and 192 (student)
     ]
-    return load_run_config(STUDENT, overrides)
+    return load_run_config([STUDENT, f"objectives/{objective}"], overrides)
 
 
 def random_init_student(cfg, out: Path) -> Path:
@@ -100,6 +114,7 @@ def random_init_student(cfg, out: Path) -> Path:
 
 
 def finetune_movies(model: str, name: str, out: Path, profile: Profile, device: str) -> list[Path]:
+    """Fine-tune ``model`` on the movie sentences, one run per seed; returns the run directories."""
     from finetune.config import load_finetune_config
     from finetune.run import run
 
@@ -125,7 +140,7 @@ def finetune_movies(model: str, name: str, out: Path, profile: Profile, device: 
     return run(cfg)
 
 
-def main_job(profile: Profile, device: str, out: Path) -> dict:
+def main_job(profile: Profile, device: str, out: Path, objectives: list[str], teacher: bool = True) -> dict:
     from finetune.report import write_report
     from pretrain_distill.assets import ASSETS, wikipedia_dump_path
     from pretrain_distill.data import prepare_shards
@@ -144,44 +159,42 @@ def main_job(profile: Profile, device: str, out: Path) -> dict:
         [f"wikipedia:{wikipedia_dump_path()}"], shards, tokenizer="minilm", max_length=profile.max_length
     )
 
-    _stage(f"3/6 distill: MiniLMv2 (L_T-1) into 3L x 192, {profile.distill_steps} steps on {device}")
-    cfg = distill_config(out, profile, device, shards)
-    run_dir = train(cfg)
-
-    _stage("4/6 export + plots")
-    model_dir = export_run(run_dir)
-    plots = plot_run(run_dir)
-    baseline = random_init_student(cfg, out / "random_init")
+    models = {"teacher": "minilm"} if teacher else {}
+    outputs = {}
+    for objective in objectives:
+        _stage(f"3/6 distill: {objective} into 3L x 192, {profile.distill_steps} steps on {device}")
+        run_dir = out / ("distill" if len(objectives) == 1 else f"distill-{objective}")
+        cfg = distill_config(run_dir, objective, profile, device, shards)
+        train(cfg)
+        _stage("4/6 export + plots")
+        models[objective] = str(export_run(run_dir))
+        outputs[objective] = (run_dir, plot_run(run_dir))
+    models["random-init"] = str(random_init_student(cfg, out / "random_init"))
 
     _stage("5/6 fine-tune on the movie sentences (binary, held-out split)")
-    models = {
-        "teacher (MiniLM-L6)": "minilm",
-        "distilled 3Lx192": str(model_dir),
-        "random-init 3Lx192": str(baseline),
-    }
-    runs = []
+    runs = {}
     for name, path in models.items():
         print(f"  -- {name}", flush=True)
-        runs += finetune_movies(path, name.split(" ")[0], out, profile, device)
+        runs[name] = finetune_movies(path, name, out, profile, device)
 
     _stage("6/6 report")
-    written = write_report(runs, out / "report")
-    scores = {}
-    for name in models:
-        key = name.split(" ")[0]
-        values = [json.loads((r / "metrics.json").read_text())["scores"] for r in runs if key in str(r)]
-        scores[name] = sum(v["dev"] for v in values) / len(values)
+    written = write_report([r for rs in runs.values() for r in rs], out / "report")
+    scores = {
+        name: [json.loads((r / "metrics.json").read_text())["scores"]["dev"] for r in rs]
+        for name, rs in runs.items()
+    }
     print()
     print(written["markdown"].read_text())
-    print(f"{'model':<22} held-out accuracy")
-    for name, score in scores.items():
-        print(f"{name:<22} {100 * score:6.2f}")
-    print(f"\ndistilled model : {model_dir}")
-    print(f"logs            : {run_dir / 'logs'} (metrics.jsonl, tensorboard/)")
-    print(f"loss plot       : {', '.join(map(str, plots))}")
-    print(f"report          : {written['markdown']} ({written['png']})")
-    print(f"total time      : {time.time() - start:.0f} s")
-    return {"scores": scores, "model": model_dir, "run_dir": run_dir, "report": written}
+    print(f"{'model':<16} held-out accuracy (x100, mean over {len(profile.seeds)} seed(s))")
+    for name, values in scores.items():
+        shape = "MiniLM-L6 teacher" if name == "teacher" else "3L x 192 student"
+        print(f"{name:<16} {100 * statistics.mean(values):6.2f}   {shape}")
+    for objective, (run_dir, plots) in outputs.items():
+        print(f"\n{objective}: model {run_dir / 'export'}")
+        print(f"  logs {run_dir / 'logs'} (metrics.jsonl, tensorboard/); plots {', '.join(map(str, plots))}")
+    print(f"report: {written['markdown']} ({written['png']})")
+    print(f"total time: {time.time() - start:.0f} s")
+    return {name: statistics.mean(values) for name, values in scores.items()}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -191,15 +204,17 @@ def run(args: argparse.Namespace) -> int:
     profile = PROFILES[args.profile or ("gpu" if device == "cuda" else "cpu")]
     if args.steps:
         profile = dataclasses.replace(profile, distill_steps=args.steps)
+    if args.seeds:
+        profile = dataclasses.replace(profile, seeds=tuple(args.seeds))
     try:
-        result = main_job(profile, device, Path(args.out))
+        scores = main_job(profile, device, Path(args.out), args.objectives, teacher=not args.no_teacher)
     except Exception as err:  # a clear last line and a non-zero exit on any failure
         print(f"\ndemo failed: {type(err).__name__}: {err}", file=sys.stderr)
         raise SystemExit(1) from err
-    scores = result["scores"]
-    distilled, baseline = scores["distilled 3Lx192"], scores["random-init 3Lx192"]
-    verdict = "beats" if distilled > baseline else "does NOT beat"
-    print(
-        f"\nthe distilled student {verdict} the random-init student ({100 * distilled:.2f} vs {100 * baseline:.2f})"
-    )
+    baseline = scores["random-init"]
+    print()
+    for objective in args.objectives:
+        verdict = "beats" if scores[objective] > baseline else "does NOT beat"
+        print(f"the {objective} student {verdict} the random-init student ", end="")
+        print(f"({100 * scores[objective]:.2f} vs {100 * baseline:.2f})")
     return 0
