@@ -54,8 +54,6 @@ PROFILES = {
     "gpu": Profile(256, 4000, 64, None, None, 3, 32, (1, 2, 3), 4),
 }
 
-STUDENT = "students/minilm_3x192"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=sorted(PROFILES), help="default: gpu with CUDA, else cpu")
@@ -70,6 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="objective configs (configs/objectives/NAME.yaml), one distilled student each "
         "(default: minilmv2_lt1)",
     )
+    parser.add_argument(
+        "--student",
+        default="minilm_3x192",
+        metavar="NAME",
+        help="student config (configs/students/NAME.yaml; default: minilm_3x192, 3 layers x 192)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, help="fine-tuning seeds (default: the profile's)")
     parser.add_argument("--no-teacher", action="store_true", help="do not fine-tune the teacher")
 
@@ -78,7 +82,7 @@ def _stage(title: str) -> None:
     print(f"\n==> {title}", flush=True)
 
 
-def distill_config(run_dir: Path, objective: str, profile: Profile, device: str, shards: Path):
+def distill_config(run_dir: Path, student: str, objective: str, profile: Profile, device: str, shards: Path):
     from pretrain_distill.config import load_run_config
 
     overrides = [
@@ -93,9 +97,9 @@ def distill_config(run_dir: Path, objective: str, profile: Profile, device: str,
         "train.precision=" + ("bf16" if device == "cuda" else "fp32"),
         f"train.device={device}",
         "train.deepspeed=deepspeed/zero0.json",
-        "objective.relation_heads=12",  # divides both 384 (teacher) and 192 (student)
+        "objective.relation_heads=12",  # divides the teacher's 384 and the students' 192, 384, 576
     ]
-    return load_run_config([STUDENT, f"objectives/{objective}"], overrides)
+    return load_run_config([f"students/{student}", f"objectives/{objective}"], overrides)
 
 
 def random_init_student(cfg, out: Path) -> Path:
@@ -140,7 +144,9 @@ def finetune_movies(model: str, name: str, out: Path, profile: Profile, device: 
     return run(cfg)
 
 
-def main_job(profile: Profile, device: str, out: Path, objectives: list[str], teacher: bool = True) -> dict:
+def main_job(
+    profile: Profile, device: str, out: Path, student: str, objectives: list[str], teacher: bool = True
+) -> dict:
     from finetune.report import write_report
     from pretrain_distill.assets import ASSETS, wikipedia_dump_path
     from pretrain_distill.data import prepare_shards
@@ -162,9 +168,9 @@ def main_job(profile: Profile, device: str, out: Path, objectives: list[str], te
     models = {"teacher": "minilm"} if teacher else {}
     outputs = {}
     for objective in objectives:
-        _stage(f"3/6 distill: {objective} into 3L x 192, {profile.distill_steps} steps on {device}")
+        _stage(f"3/6 distill: {objective} into {student}, {profile.distill_steps} steps on {device}")
         run_dir = out / ("distill" if len(objectives) == 1 else f"distill-{objective}")
-        cfg = distill_config(run_dir, objective, profile, device, shards)
+        cfg = distill_config(run_dir, student, objective, profile, device, shards)
         train(cfg)
         _stage("4/6 export + plots")
         models[objective] = str(export_run(run_dir))
@@ -187,7 +193,7 @@ def main_job(profile: Profile, device: str, out: Path, objectives: list[str], te
     print(written["markdown"].read_text())
     print(f"{'model':<16} held-out accuracy (x100, mean over {len(profile.seeds)} seed(s))")
     for name, values in scores.items():
-        shape = "MiniLM-L6 teacher" if name == "teacher" else "3L x 192 student"
+        shape = "MiniLM-L6 teacher" if name == "teacher" else f"{student} student"
         print(f"{name:<16} {100 * statistics.mean(values):6.2f}   {shape}")
     for objective, (run_dir, plots) in outputs.items():
         print(f"\n{objective}: model {run_dir / 'export'}")
@@ -207,7 +213,9 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds:
         profile = dataclasses.replace(profile, seeds=tuple(args.seeds))
     try:
-        scores = main_job(profile, device, Path(args.out), args.objectives, teacher=not args.no_teacher)
+        scores = main_job(
+            profile, device, Path(args.out), args.student, args.objectives, teacher=not args.no_teacher
+        )
     except Exception as err:  # a clear last line and a non-zero exit on any failure
         print(f"\ndemo failed: {type(err).__name__}: {err}", file=sys.stderr)
         raise SystemExit(1) from err
