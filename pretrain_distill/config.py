@@ -53,8 +53,8 @@ class ObjectiveConfig:
     # Seed of the random mapping draws: the mapping of epoch (or step block) n is a function of
     # (mapping_seed, n) only, so a resumed run redraws it from its counters.
     mapping_seed: int = 0
-    # HS maps W_i^j (eq. 6) with a bias term (affine); false = the equation's plain linear map.
-    projection_bias: bool = True
+    # HS maps W_i^j: false (default) = eq. 6's plain linear map H^S W; true adds a bias (affine map).
+    projection_bias: bool = False
     # OD temperature T (eq. 5) and the positions it averages over: masked tokens or all valid tokens.
     temperature: float = 1.0
     od_positions: Literal["masked", "all"] = "masked"

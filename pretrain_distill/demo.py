@@ -76,13 +76,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seeds", nargs="+", type=int, help="fine-tuning seeds (default: the profile's)")
     parser.add_argument("--no-teacher", action="store_true", help="do not fine-tune the teacher")
+    parser.add_argument(
+        "--set",
+        dest="distill_overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override the distillation run config (repeatable), e.g. --set objective.projection_bias=true",
+    )
 
 
 def _stage(title: str) -> None:
     print(f"\n==> {title}", flush=True)
 
 
-def distill_config(run_dir: Path, student: str, objective: str, profile: Profile, device: str, shards: Path):
+def distill_config(
+    run_dir: Path,
+    student: str,
+    objective: str,
+    profile: Profile,
+    device: str,
+    shards: Path,
+    extra: list[str] = (),
+):
     from pretrain_distill.config import load_run_config
 
     overrides = [
@@ -99,7 +115,7 @@ def distill_config(run_dir: Path, student: str, objective: str, profile: Profile
         "train.deepspeed=deepspeed/zero0.json",
         "objective.relation_heads=12",  # divides the teacher's 384 and the students' 192, 384, 576
     ]
-    return load_run_config([f"students/{student}", f"objectives/{objective}"], overrides)
+    return load_run_config([f"students/{student}", f"objectives/{objective}"], overrides + list(extra))
 
 
 def random_init_student(cfg, out: Path) -> Path:
@@ -145,7 +161,13 @@ def finetune_movies(model: str, name: str, out: Path, profile: Profile, device: 
 
 
 def main_job(
-    profile: Profile, device: str, out: Path, student: str, objectives: list[str], teacher: bool = True
+    profile: Profile,
+    device: str,
+    out: Path,
+    student: str,
+    objectives: list[str],
+    teacher: bool = True,
+    overrides: list[str] = (),
 ) -> dict:
     from finetune.report import write_report
     from pretrain_distill.assets import ASSETS, wikipedia_dump_path
@@ -170,7 +192,7 @@ def main_job(
     for objective in objectives:
         _stage(f"3/6 distill: {objective} into {student}, {profile.distill_steps} steps on {device}")
         run_dir = out / ("distill" if len(objectives) == 1 else f"distill-{objective}")
-        cfg = distill_config(run_dir, student, objective, profile, device, shards)
+        cfg = distill_config(run_dir, student, objective, profile, device, shards, overrides)
         train(cfg)
         _stage("4/6 export + plots")
         models[objective] = str(export_run(run_dir))
@@ -214,7 +236,13 @@ def run(args: argparse.Namespace) -> int:
         profile = dataclasses.replace(profile, seeds=tuple(args.seeds))
     try:
         scores = main_job(
-            profile, device, Path(args.out), args.student, args.objectives, teacher=not args.no_teacher
+            profile,
+            device,
+            Path(args.out),
+            args.student,
+            args.objectives,
+            teacher=not args.no_teacher,
+            overrides=args.distill_overrides,
         )
     except Exception as err:  # a clear last line and a non-zero exit on any failure
         print(f"\ndemo failed: {type(err).__name__}: {err}", file=sys.stderr)

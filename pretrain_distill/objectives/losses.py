@@ -102,7 +102,7 @@ class HiddenStateProjections(nn.Module):
     produce already has its own map (created up front so the optimizer sees all parameters from step 0;
     a pair's map is trained only in the epochs it is drawn).
 
-    ``bias=True`` (default) makes each map affine (``nn.Linear``); eq. 6 is the ``bias=False`` special case.
+    ``bias=False`` (default) is eq. 6's plain linear map ``H^S W``; ``bias=True`` makes each map affine.
     """
 
     def __init__(
@@ -111,7 +111,7 @@ class HiddenStateProjections(nn.Module):
         student_dim: int,
         teacher_dim: int,
         *,
-        bias: bool = True,
+        bias: bool = False,
     ) -> None:
         super().__init__()
         self.student_dim = int(student_dim)

@@ -85,6 +85,15 @@ def test_hs_matches_loop_reference(hs_setup) -> None:
     assert got.item() == pytest.approx(hs_reference(student, teacher, mapping, proj, mask), rel=1e-5)
 
 
+def test_hs_maps_are_eq6_linear_by_default_affine_by_option(hs_setup) -> None:
+    student, teacher, mapping, proj, mask = hs_setup
+    assert all(proj[pair].bias is None for pair in proj)  # eq. 6: H^S W, no bias
+    affine = HiddenStateProjections(mapping, 4, 6, bias=True)
+    assert all(affine[pair].bias is not None for pair in affine)
+    got = hidden_state_loss(student, teacher, mapping, affine, mask)
+    assert got.item() == pytest.approx(hs_reference(student, teacher, mapping, affine, mask), rel=1e-5)
+
+
 def test_hs_dict_states_and_plain_dict_projections(hs_setup) -> None:
     student, teacher, mapping, proj, mask = hs_setup
     full = hidden_state_loss(student, teacher, mapping, proj, mask)
