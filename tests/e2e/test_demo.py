@@ -32,3 +32,25 @@ def test_tiny_demo_runs_every_stage(tmp_path, capsys):
     for path in metrics:
         assert 0.0 <= json.loads(path.read_text())["scores"]["dev"] <= 1.0
     assert "held-out accuracy" in printed and (out / "report" / "report.md").is_file()
+
+
+def test_demo_distill_config_composes_student_objective_and_overrides(tmp_path):
+    from pretrain_distill.demo import PROFILES, distill_config
+
+    cfg = distill_config(
+        tmp_path / "run",
+        "minilm_2x192",
+        "hs_uniform",
+        PROFILES["tiny"],
+        "cpu",
+        tmp_path / "shards",
+        ["objective.projection_bias=true"],
+    )
+    assert (cfg.student.layers, cfg.student.hidden) == (2, 192)
+    assert cfg.objective.weights == {"hs": 1.0} and cfg.objective.mapping == "uniform"
+    assert cfg.objective.projection_bias is True
+    assert (cfg.train.max_steps, cfg.train.precision, cfg.data.shards) == (
+        3,
+        "fp32",
+        str(tmp_path / "shards"),
+    )
