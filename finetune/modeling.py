@@ -1,4 +1,4 @@
-"""Models for the fine-tuning stage: load a classifier from any encoder directory, pick the device.
+"""Models for the fine-tuning stage: load a classifier from any encoder directory.
 
 ``load_classifier`` uses ``AutoModelForSequenceClassification``: a directory holding only an encoder
 (``BertModel`` such as all-MiniLM-L6-v2, or an exported ``*ForMaskedLM`` student) gets a freshly
@@ -28,15 +28,6 @@ def resolve_model_path(name: str) -> str:
     ).expanduser().exists():
         raise FileNotFoundError(f"model directory not found: {name}")
     return name
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda requested but no CUDA device is available")
-    return torch.device(device)
 
 
 def load_tokenizer(path: str):

@@ -23,9 +23,10 @@ from finetune.data import encode, limit, make_loader
 from finetune.kd import FinetuneObjective, TaskDistiller
 from finetune.loop import fit, predict
 from finetune.metrics import metric_values, task_score
-from finetune.modeling import init_from_teacher_layers, load_classifier, load_tokenizer, resolve_device
+from finetune.modeling import init_from_teacher_layers, load_classifier, load_tokenizer
 from finetune.tasks import TaskData, TaskSpec, load_eval_set, load_task_data
 from pretrain_distill.configuration import save_config
+from pretrain_distill.engine.distributed import detect_env, resolve_device
 
 
 def default_epochs(spec: TaskSpec, multilingual: bool) -> float:
@@ -96,7 +97,7 @@ def run_seed(cfg: FinetuneConfig, data: TaskData, seed: int) -> Path:
     set_seed(seed)
     if not cfg.progress:
         datasets.disable_progress_bars()
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, detect_env().local_rank)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
     train = encode(limit(data.train, cfg.max_train_samples, seed), tokenizer, cfg.max_length)
     train_loader = make_loader(train, tokenizer, cfg.batch_size, shuffle=True, seed=seed)

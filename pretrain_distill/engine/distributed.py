@@ -98,7 +98,7 @@ def resolve_device(choice: str, local_rank: int) -> torch.device:
     if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is visible (use train.device=auto or cpu)")
+        raise RuntimeError("device=cuda but no CUDA device is visible (use device auto or cpu)")
     torch.cuda.set_device(local_rank % torch.cuda.device_count())
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
