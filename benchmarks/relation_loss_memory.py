@@ -5,8 +5,10 @@ Variants:
               (``minilmv2_loss_autograd``);
   checkpoint  the same per-chunk autograd code wrapped in ``torch.utils.checkpoint`` (what the brief
               suggested; kept here to justify the choice);
-  fused       ``minilmv2_loss``: custom autograd.Function, chunked forward, closed-form chunked backward,
-              nothing T x T saved (the one the project uses).
+  chunked     ``minilmv2_loss(backend="chunked")``: custom autograd.Function, chunked forward, closed-form
+              chunked backward, nothing T x T saved (the CPU path);
+  triton      ``minilmv2_loss(backend="fused")``: Triton kernels, flash-attention style, no T x T tile ever
+              leaves the chip (the CUDA path; no chunk size).
 
 Peak memory is the extra memory above the inputs during one forward + backward:
   cuda: ``torch.cuda.max_memory_allocated`` delta;
@@ -16,7 +18,8 @@ Peak memory is the extra memory above the inputs during one forward + backward:
 
 Usage:
   python benchmarks/relation_loss_memory.py                       # CPU, small shapes
-  python benchmarks/relation_loss_memory.py --device cuda         # B 128 x T 256, A_r 48, d 384/768, bf16
+  python benchmarks/relation_loss_memory.py --device cuda         # B 128 x T 256, A_r 48, d 384/768, bf16,
+                                                                  # plus the triton variant
 """
 
 from __future__ import annotations
@@ -91,6 +94,10 @@ def make_inputs(args, device: torch.device):
     return student, teacher, mask
 
 
+def _backend(variant: str, chunk: int) -> dict:
+    return {"backend": "fused"} if variant == "triton" else {"backend": "chunked", "chunk_size": chunk}
+
+
 def run_variant(variant: str, chunk: int, args, device: torch.device) -> tuple[float, float]:
     """Returns (peak extra MiB, median seconds) of forward + backward."""
     student, teacher, mask = make_inputs(args, device)
@@ -103,7 +110,7 @@ def run_variant(variant: str, chunk: int, args, device: torch.device) -> tuple[f
         elif variant == "checkpoint":
             loss = checkpoint_loss(student, teacher, mask, args.relation_heads, chunk)
         else:
-            loss = minilmv2_loss(student, teacher, mask, args.relation_heads, chunk_size=chunk)
+            loss = minilmv2_loss(student, teacher, mask, args.relation_heads, **_backend(variant, chunk))
         loss.backward()
 
     def sync() -> None:
@@ -129,7 +136,7 @@ def run_variant(variant: str, chunk: int, args, device: torch.device) -> tuple[f
         elif variant == "checkpoint":
             checkpoint_loss(ts, tt, tm, args.relation_heads, chunk).backward()
         else:
-            minilmv2_loss(ts, tt, tm, args.relation_heads, chunk_size=chunk).backward()
+            minilmv2_loss(ts, tt, tm, args.relation_heads, **_backend(variant, chunk)).backward()
         del ts, tt, tm
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         step()
@@ -154,7 +161,7 @@ def main() -> None:
     p.add_argument("--d-teacher", type=int, default=768)
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: fp32 on cpu, bf16 on cuda)")
     p.add_argument("--chunk-sizes", default=None, help="comma list of (batch x head) slices per chunk")
-    p.add_argument("--variants", default="naive,checkpoint,fused")
+    p.add_argument("--variants", default=None, help="default: naive,checkpoint,chunked (+ triton on cuda)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -163,6 +170,7 @@ def main() -> None:
     args.seq = args.seq or 256
     args.relation_heads = args.relation_heads or (48 if cuda else 12)
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    args.variants = args.variants or ("naive,checkpoint,chunked" + (",triton" if cuda else ""))
     device = torch.device(args.device)
 
     if args.child:  # CPU: one measurement per fresh process
@@ -185,7 +193,7 @@ def main() -> None:
     )
     rows = []
     for variant in args.variants.split(","):
-        for chunk in [B * A] if variant == "naive" else chunks:
+        for chunk in [B * A] if variant in ("naive", "triton") else chunks:
             if cuda:
                 try:
                     peak, sec = run_variant(variant, chunk, args, device)

@@ -9,7 +9,9 @@
   6. report     a results table, and where the model, logs and plot are
 
 Profiles: `cpu` (default without a GPU: about 12 minutes on 2 cores), `gpu` (default with one:
-longer distillation, all fine-tuning data, 3 seeds), `tiny` (seconds; what the integration test runs).
+longer distillation, all fine-tuning data, 3 seeds), `study` (the GPU comparison of docs/results.md:
+1,500 steps of batch 32 x 256, fine-tuning on 2,000 sentences, 3 seeds), `tiny` (seconds; what the
+integration test runs).
 `--objectives` distils one student per objective config (configs/objectives/) and fine-tunes each:
 the paper's comparison at small scale (docs/results.md).
 
@@ -52,6 +54,7 @@ PROFILES = {
     "tiny": Profile(64, 3, 4, 48, 32, 1, 8, (1,), 0),
     "cpu": Profile(128, 500, 16, 4000, 1000, 2, 32, (1,), 1),
     "gpu": Profile(256, 4000, 64, None, None, 3, 32, (1, 2, 3), 4),
+    "study": Profile(256, 1500, 32, 2000, None, 3, 32, (1, 2, 3), 1),
 }
 
 
@@ -76,6 +79,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seeds", nargs="+", type=int, help="fine-tuning seeds (default: the profile's)")
     parser.add_argument("--no-teacher", action="store_true", help="do not fine-tune the teacher")
+    parser.add_argument(
+        "--no-random-init",
+        action="store_true",
+        help="do not fine-tune the random-init baseline (when another run of the same student does)",
+    )
     parser.add_argument(
         "--set",
         dest="distill_overrides",
@@ -167,6 +175,7 @@ def main_job(
     student: str,
     objectives: list[str],
     teacher: bool = True,
+    random_init: bool = True,
     overrides: list[str] = (),
 ) -> dict:
     from finetune.report import write_report
@@ -197,7 +206,8 @@ def main_job(
         _stage("4/6 export + plots")
         models[objective] = str(export_run(run_dir))
         outputs[objective] = (run_dir, plot_run(run_dir))
-    models["random-init"] = str(random_init_student(cfg, out / "random_init"))
+    if random_init:
+        models["random-init"] = str(random_init_student(cfg, out / "random_init"))
 
     _stage("5/6 fine-tune on the movie sentences (binary, held-out split)")
     runs = {}
@@ -242,11 +252,14 @@ def run(args: argparse.Namespace) -> int:
             args.student,
             args.objectives,
             teacher=not args.no_teacher,
+            random_init=not args.no_random_init,
             overrides=args.distill_overrides,
         )
     except Exception as err:  # a clear last line and a non-zero exit on any failure
         print(f"\ndemo failed: {type(err).__name__}: {err}", file=sys.stderr)
         raise SystemExit(1) from err
+    if "random-init" not in scores:
+        return 0
     baseline = scores["random-init"]
     print()
     for objective in args.objectives:

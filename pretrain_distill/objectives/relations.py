@@ -16,10 +16,16 @@ with ``w_t = 1 / (A_r * N_valid)`` on valid rows and 0 on padded rows. This is w
 ``torch.utils.checkpoint`` per chunk would do, minus the autograd graph: peak extra memory is a few
 chunk-sized T x T buffers, independent of B and A_r (see ``benchmarks/relation_loss_memory.py``).
 The backward is first-order only (no double backward).
+
+On CUDA the same quantity comes from fused Triton kernels (:mod:`relations_triton`), which keep every
+``T x T`` tile on chip: the chunked version above is bound by memory traffic over its float32 chunks
+(several passes per chunk), the kernels by arithmetic. ``backend=`` chooses; "auto" takes the kernels on
+CUDA when Triton is installed, the chunked version otherwise.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Iterator, Sequence
 
@@ -168,6 +174,19 @@ def _row_weights(
     return valid, valid.to(dtype) / (A_r * n_valid)
 
 
+BACKENDS = ("auto", "fused", "chunked")
+
+
+def _resolve_backend(backend: str, x: Tensor) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    if not x.is_cuda or x.dtype == torch.float64:
+        return "chunked"
+    return "fused" if importlib.util.find_spec("triton") is not None else "chunked"
+
+
 def minilmv2_loss(
     student_qkv: Sequence[Tensor],
     teacher_qkv: Sequence[Tensor],
@@ -175,6 +194,7 @@ def minilmv2_loss(
     num_relation_heads: int,
     *,
     chunk_size: int | None = None,
+    backend: str = "auto",
 ) -> Tensor:
     """MiniLMv2, eqs. 7-9: ``sum_{alpha in Q,K,V} KL(R^T_alpha || R^S_alpha)``.
 
@@ -186,6 +206,8 @@ def minilmv2_loss(
         num_relation_heads: ``A_r``; must divide both widths (relation head widths ``d_r`` may differ).
         chunk_size: number of (batch x relation head) ``T x T`` slices processed at once; default
             ``max(1, 2**24 // T**2)``. Any value gives the same result (up to float rounding).
+        backend: "fused" (Triton kernels; CUDA, or CPU under ``TRITON_INTERPRET=1``), "chunked" (PyTorch,
+            any device and dtype) or "auto" (fused on CUDA when Triton is installed, else chunked).
 
     Each KL term is averaged over batch, relation heads and valid query rows (``1 / (A_r * N_valid)``; eq. 7
     literally sums over heads, which only rescales by ``A_r``); KL instead of the paper's CE (same gradient,
@@ -199,9 +221,19 @@ def minilmv2_loss(
         chunk_size = max(1, DEFAULT_CHUNK_ELEMENTS // (T * T))
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if _resolve_backend(backend, student_qkv[0]) == "fused":
+        from pretrain_distill.objectives.relations_triton import FusedRelationKL
+
+        def relation_kl(s: Tensor, t: Tensor) -> Tensor:
+            return FusedRelationKL.apply(s, t, valid, weight, num_relation_heads)
+    else:
+
+        def relation_kl(s: Tensor, t: Tensor) -> Tensor:
+            return _RelationKL.apply(s, t, valid, weight, num_relation_heads, int(chunk_size))
+
     total: Tensor | None = None
     for s, t in zip(student_qkv, teacher_qkv):
-        term = _RelationKL.apply(s, t.detach().to(device), valid, weight, num_relation_heads, int(chunk_size))
+        term = relation_kl(s, t.detach().to(device))
         total = term if total is None else total + term
     assert total is not None
     return total

@@ -213,8 +213,17 @@ def test_shape_errors() -> None:
         minilmv2_loss(student, teacher, mask, 2, chunk_size=0)
 
 
+def test_backend_choice() -> None:
+    student, teacher, mask = make()
+    with pytest.raises(ValueError, match="backend"):
+        minilmv2_loss(student, teacher, mask, 2, backend="flash")
+    auto = minilmv2_loss(student, teacher, mask, 2)  # CPU: auto = chunked
+    assert auto.item() == minilmv2_loss(student, teacher, mask, 2, backend="chunked").item()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_bf16_chunked_matches_naive() -> None:
+@pytest.mark.parametrize("backend", ["chunked", "fused"])
+def test_cuda_bf16_matches_naive(backend: str) -> None:
     student, teacher, mask = make(B=4, T=64, dS=32, dT=64, seed=5)
     dev = torch.device("cuda")
     s = [x.detach().to(dev, torch.bfloat16).requires_grad_() for x in student]
@@ -222,7 +231,7 @@ def test_cuda_bf16_chunked_matches_naive() -> None:
     m = mask.to(dev)
     ref = minilmv2_loss_autograd(s, t, m, 8)
     ref_grads = torch.autograd.grad(ref, s)
-    got = minilmv2_loss(s, t, m, 8, chunk_size=5)
+    got = minilmv2_loss(s, t, m, 8, chunk_size=5, backend=backend)
     got_grads = torch.autograd.grad(got, s)
     assert got.dtype == torch.float32 and got.item() == pytest.approx(ref.item(), rel=1e-4)
     for g, r in zip(got_grads, ref_grads):

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# What the offline GPU machine ran for docs/benchmarks.md and docs/results.md, from the repository root
+# with .carry/ beside the code (../shared/offline-gpu/README.md; `bash ../shared/offline-gpu/make_carry.sh`
+# fills .carry/whl and .carry/teacher, and .carry/data holds the Wikipedia dump and the movie sentences
+# copied from `pretrain-distill assets`). Results go under $OUT (default runs/gpu).
+#
+#   bash benchmarks/gpu_session.sh bench                 # CUDA tests + throughput + relation-loss memory
+#   bash benchmarks/gpu_session.sh study LABEL STUDENT [demo options...]   # one demo run, in $OUT/LABEL
+#   bash benchmarks/gpu_session.sh parallel 'LABEL STUDENT [opts]' ...    # several at once, then collect
+# `collect` flattens the fine-tuning metrics and distillation logs into $OUT/metrics and $OUT/logs.
+set -uo pipefail
+OUT=${OUT:-runs/gpu}
+mkdir -p "$OUT"
+if [ -z "${GPU_SESSION_READY:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .carry/whl/*.whl
+  export GPU_SESSION_READY=1
+fi
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export DISTILL_TEACHER=$PWD/.carry/teacher
+export DISTILL_WIKI_DUMP=$(ls "$PWD"/.carry/data/enwiki-*.bz2)
+export DISTILL_MOVIE_SENTENCES=$PWD/.carry/data/movieReviewSnippets_GroundTruth.txt
+
+versions() {
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c 'import sys, torch, transformers, deepspeed; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__, "deepspeed", deepspeed.__version__)'
+}
+
+case "${1:-}" in
+  bench)
+    versions | tee "$OUT/versions.txt"
+    timeout 240 python3 -m pytest -q -p no:cacheprovider tests/objectives/test_relations.py \
+      tests/objectives/test_relations_triton.py tests/data/test_masking.py tests/e2e 2>&1 | tail -n 15 | tee "$OUT/tests_cuda.txt"
+    timeout 300 python3 benchmarks/distill_throughput.py 2>&1 | tee "$OUT/distill_throughput.md"
+    timeout 180 python3 benchmarks/relation_loss_memory.py --device cuda 2>&1 | tee "$OUT/relation_loss_memory.md"
+    ;;
+  study)
+    label=$2
+    student=$3
+    shift 3
+    start=$SECONDS
+    python3 -m pretrain_distill.cli demo --device cuda --student "$student" --out "$OUT/$label" "$@" \
+      > "$OUT/$label.log" 2>&1
+    echo "exit $? $label $((SECONDS - start)) s"
+    ;;
+  parallel)
+    shift
+    for spec in "$@"; do
+      # shellcheck disable=SC2086  # each spec is "LABEL STUDENT [demo options]"
+      bash "$0" study $spec &
+    done
+    wait
+    versions > "$OUT/versions.txt"
+    bash "$0" collect
+    ;;
+  collect)
+    mkdir -p "$OUT/metrics" "$OUT/logs"
+    for f in "$OUT"/*/finetune/*/*/seed*/metrics.json; do
+      IFS=/ read -r -a part <<< "${f#"$OUT"/}"  # LABEL finetune TASK MODEL SEED metrics.json
+      cp "$f" "$OUT/metrics/${part[0]}__${part[3]}__${part[4]}.json"
+    done
+    for f in "$OUT"/*/distill*/logs/metrics.jsonl; do
+      IFS=/ read -r -a part <<< "${f#"$OUT"/}"  # LABEL distill-OBJECTIVE logs metrics.jsonl
+      cp "$f" "$OUT/logs/${part[0]}__${part[1]}.jsonl"
+    done
+    ls "$OUT/metrics" | wc -l
+    ;;
+  *)
+    sed -n '2,9p' "$0"
+    exit 2
+    ;;
+esac
