@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_session.sh bench                 # CUDA tests + throughput + relation-loss memory
 #   bash benchmarks/gpu_session.sh study LABEL STUDENT [demo options...]   # one demo run, in $OUT/LABEL
 #   bash benchmarks/gpu_session.sh parallel 'LABEL STUDENT [opts]' ...    # several at once, then collect
-# `collect` flattens the fine-tuning metrics and distillation logs into $OUT/metrics and $OUT/logs.
+# `collect` gathers the runs' scores and last distillation records into $OUT/study.json (and a table).
 set -uo pipefail
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
@@ -53,16 +53,7 @@ case "${1:-}" in
     bash "$0" collect
     ;;
   collect)
-    mkdir -p "$OUT/metrics" "$OUT/logs"
-    for f in "$OUT"/*/finetune/*/*/seed*/metrics.json; do
-      IFS=/ read -r -a part <<< "${f#"$OUT"/}"  # LABEL finetune TASK MODEL SEED metrics.json
-      cp "$f" "$OUT/metrics/${part[0]}__${part[3]}__${part[4]}.json"
-    done
-    for f in "$OUT"/*/distill*/logs/metrics.jsonl; do
-      IFS=/ read -r -a part <<< "${f#"$OUT"/}"  # LABEL distill-OBJECTIVE logs metrics.jsonl
-      cp "$f" "$OUT/logs/${part[0]}__${part[1]}.jsonl"
-    done
-    ls "$OUT/metrics" | wc -l
+    python3 benchmarks/collect_study.py "$OUT"
     ;;
   *)
     sed -n '2,9p' "$0"

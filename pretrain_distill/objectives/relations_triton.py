@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-_MASK_VALUE = -1e30  # finite, as in relations.py: rows without any valid key stay NaN-free
+_MASK_VALUE = tl.constexpr(-1e30)  # finite, as in relations.py: rows without any valid key stay NaN-free
 
 
 @triton.jit

@@ -1,6 +1,6 @@
-"""The Triton relation kernels (relations_triton.py) against the float64 loop reference: run by Triton's
-interpreter on CPU (``TRITON_INTERPRET=1``, in a subprocess because the variable must be set before Triton
-is imported), so CI checks the kernels without a GPU. Shapes cover several query/key blocks, a length
+"""The Triton relation kernels (relations_triton.py) against the float64 loop reference: compiled on CUDA
+when there is a GPU, else run by Triton's interpreter on CPU (``TRITON_INTERPRET=1``, in a subprocess
+because the variable must be set before Triton is imported), so CI checks the kernels without a GPU. Shapes cover several query/key blocks, a length
 that is not a block multiple, relation-head widths that are not powers of two, padding (including a
 fully padded row) and bf16 inputs."""
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pretrain_distill.objectives import minilmv2_loss
 from tests.objectives.test_relations import make, relation_reference
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
@@ -38,7 +39,11 @@ torch.save({"loss": loss.detach(), "grads": [g.detach() for g in grads]}, sys.ar
 
 
 def run_fused(tmp_path: Path, student, teacher, mask, A_r: int) -> dict:
-    """``minilmv2_loss(backend="fused")`` and its gradients, computed by the Triton interpreter."""
+    """``minilmv2_loss(backend="fused")`` and its gradients: compiled kernels on CUDA, else the interpreter."""
+    if torch.cuda.is_available():
+        s = [x.detach().cuda().requires_grad_() for x in student]
+        loss = minilmv2_loss(s, [t.cuda() for t in teacher], mask.cuda(), A_r, backend="fused")
+        return {"loss": loss.detach().cpu(), "grads": [g.cpu() for g in torch.autograd.grad(loss, s)]}
     torch.save({"student": student, "teacher": teacher, "mask": mask, "A_r": A_r}, tmp_path / "in.pt")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     subprocess.run(
