@@ -26,9 +26,12 @@ def collect(out: Path) -> dict:
         ]
     for log in sorted(out.glob("*/distill*/logs/metrics.jsonl")):
         label, run = log.relative_to(out).parts[:2]
+        objective = run.removeprefix("distill-")
+        if run == "distill":  # a one-objective demo run: its one distilled model is that objective
+            (objective,) = {p.name for p in (out / label).glob("finetune/*/*")} - {"teacher", "random-init"}
         lines = log.read_text().splitlines()
         if lines:
-            study[label.split("-")[0]][run.removeprefix("distill-")]["distill_last"] = json.loads(lines[-1])
+            study[label.split("-")[0]][objective]["distill_last"] = json.loads(lines[-1])
     return study
 
 
@@ -36,13 +39,14 @@ def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/gpu")
     study = collect(out)
     (out / "study.json").write_text(json.dumps(study, indent=1, sort_keys=True))
-    print("| student | model | seeds | held-out acc (mean) | std |")
+    print("| student | model | seeds | held-out acc (mean) | std (sample) |")
     print("|---|---|---|---|---|")
     for student, models in sorted(study.items()):
         for model, record in sorted(models.items()):
             scores = list(record.get("scores", {}).values())
             if scores:
-                mean, std = 100 * statistics.mean(scores), 100 * statistics.pstdev(scores)
+                mean = 100 * statistics.mean(scores)
+                std = 100 * statistics.stdev(scores) if len(scores) > 1 else 0.0
                 print(f"| {student} | {model} | {len(scores)} | {mean:.1f} | {std:.1f} |")
 
 

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("pretrain_distill.data.prepare", "tokenize a corpus into packed webdataset shards"),
     "config": ("pretrain_distill.show_config", "print the resolved run config (YAML + overrides)"),
     "train": ("pretrain_distill.engine.train", "distill a student (DeepSpeed, resumable)"),
+    "fit-mlm-head": ("pretrain_distill.mlm_head", "fit an MLM head on a frozen teacher without one (for OD)"),
     "export": ("pretrain_distill.export", "write a run's student as a Hugging Face model directory"),
     "plot": ("pretrain_distill.plot", "write loss-curve PNGs of a run"),
     "demo": ("pretrain_distill.demo", "the main job end to end on the embedded real assets"),

@@ -13,7 +13,10 @@ longer distillation, all fine-tuning data, 3 seeds), `study` (the GPU comparison
 1,500 steps of batch 32 x 256, fine-tuning on 2,000 sentences, 3 seeds), `tiny` (seconds; what the
 integration test runs).
 `--objectives` distils one student per objective config (configs/objectives/) and fine-tunes each:
-the paper's comparison at small scale (docs/results.md).
+the paper's comparison at small scale (docs/results.md). `od` runs as the paper's second stage: from the
+export of the objective listed before it (an HS one), against the teacher with an MLM head fitted
+first (`pretrain-distill fit-mlm-head`, as many steps as the distillation), e.g.
+`--objectives hs_uniform od`.
 
   pretrain-distill demo                               # or: make demo
   pretrain-distill demo --profile tiny --out runs/demo-tiny
@@ -126,6 +129,24 @@ def distill_config(
     return load_run_config([f"students/{student}", f"objectives/{objective}"], overrides + list(extra))
 
 
+def od_stage(out: Path, shards: Path, profile: Profile, device: str, earlier: list[str]) -> list[str]:
+    """Overrides for OD as a second stage: init from the last export so far, teacher with a fitted head."""
+    from pretrain_distill.mlm_head import fit_mlm_head
+
+    if not earlier:
+        raise ValueError(
+            "od runs from a first-stage student: list an HS objective before it (--objectives hs_uniform od)"
+        )
+    teacher_mlm = out / "teacher_mlm"
+    if not (teacher_mlm / "mlm_head.json").is_file():
+        _stage(f"3/6 fit an MLM head on the frozen teacher ({profile.distill_steps} steps), for OD")
+        record = fit_mlm_head(
+            "minilm", str(shards), teacher_mlm, profile.distill_steps, profile.distill_batch, device=device
+        )
+        print(json.dumps(record, indent=1))
+    return [f"teacher.path={teacher_mlm}", f"student.init_from={earlier[-1]}"]
+
+
 def random_init_student(cfg, out: Path) -> Path:
     """The distilled student's shape with fresh weights: the no-distillation baseline."""
     from transformers import AutoConfig, AutoTokenizer
@@ -185,6 +206,10 @@ def main_job(
     from pretrain_distill.export import export_run
     from pretrain_distill.plot import plot_run
 
+    if objectives[:1] == ["od"]:
+        raise ValueError(
+            "od runs from a first-stage student: list an HS objective before it (--objectives hs_uniform od)"
+        )
     start = time.time()
     _stage("1/6 assets")
     for asset in ASSETS.values():
@@ -199,9 +224,12 @@ def main_job(
     models = {"teacher": "minilm"} if teacher else {}
     outputs = {}
     for objective in objectives:
+        extra = list(overrides)
+        if objective == "od":
+            extra += od_stage(out, shards, profile, device, [models[o] for o in objectives if o in models])
         _stage(f"3/6 distill: {objective} into {student}, {profile.distill_steps} steps on {device}")
         run_dir = out / ("distill" if len(objectives) == 1 else f"distill-{objective}")
-        cfg = distill_config(run_dir, student, objective, profile, device, shards, overrides)
+        cfg = distill_config(run_dir, student, objective, profile, device, shards, extra)
         train(cfg)
         _stage("4/6 export + plots")
         models[objective] = str(export_run(run_dir))

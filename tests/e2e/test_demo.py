@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from transformers import AutoModel
 
 from pretrain_distill.cli import main
@@ -32,6 +33,39 @@ def test_tiny_demo_runs_every_stage(tmp_path, capsys):
     for path in metrics:
         assert 0.0 <= json.loads(path.read_text())["scores"]["dev"] <= 1.0
     assert "held-out accuracy" in printed and (out / "report" / "report.md").is_file()
+
+
+def test_tiny_demo_od_is_a_second_stage_from_the_hs_student(tmp_path):
+    out = tmp_path / "demo"
+    args = [
+        "demo",
+        "--profile",
+        "tiny",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--no-teacher",
+        "--no-random-init",
+    ]
+    assert main([*args, "--objectives", "hs_uniform", "od"]) == 0
+    cfg = yaml.safe_load((out / "distill-od" / "config.yaml").read_text())
+    assert cfg["teacher"]["path"] == str(out / "teacher_mlm")  # the fitted MLM head
+    assert cfg["student"]["init_from"] == str(out / "distill-hs_uniform" / "export")
+    assert cfg["train"]["lr"] == pytest.approx(3e-4)  # the paper's OD stage
+    assert json.loads((out / "teacher_mlm" / "mlm_head.json").read_text())["steps"] == 3
+    records = (out / "distill-od" / "logs" / "metrics.jsonl").read_text().splitlines()
+    assert "loss_od" in json.loads(records[-1])
+    metrics = sorted((out / "finetune" / "movies").glob("*/seed1/metrics.json"))
+    assert [m.parent.parent.name for m in metrics] == ["hs_uniform", "od"]
+
+
+def test_demo_od_without_a_first_stage_fails_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--profile", "tiny", "--out", str(tmp_path / "d"), "--objectives", "od"])
+    assert exc.value.code == 1
+    assert "list an HS objective before it" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
 
 
 def test_demo_distill_config_composes_student_objective_and_overrides(tmp_path):

@@ -1,0 +1,65 @@
+"""`pretrain-distill fit-mlm-head`: an MLM head fitted on a frozen headless teacher, for OD."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM, BertModel, DistilBertConfig, DistilBertForMaskedLM
+
+from pretrain_distill.config import TeacherConfig
+from pretrain_distill.mlm_head import fit_mlm_head, mlm_head_module
+from pretrain_distill.models.teacher import MissingMLMHeadError, build_teacher
+
+
+@pytest.fixture
+def headless_teacher(tmp_path, tiny_bert_config, tokenizer):
+    """A tiny BertModel saved without MLM head weights, like all-MiniLM-L6-v2."""
+    torch.manual_seed(0)
+    path = tmp_path / "headless"
+    BertModel(tiny_bert_config, add_pooling_layer=False).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_fits_only_the_head_and_loads_as_an_od_teacher(headless_teacher, one_batch_shards, tmp_path):
+    with pytest.raises(MissingMLMHeadError):
+        build_teacher(TeacherConfig(path=str(headless_teacher)), needs_mlm_head=True)
+    out = tmp_path / "teacher_mlm"
+    record = fit_mlm_head(
+        str(headless_teacher), str(one_batch_shards), out, steps=40, batch_size=8, lr=0.1, report_last=10
+    )
+
+    # a fresh head starts at the uniform guess ln V; the fixed batch is learnable
+    first, last = record["masked_loss_first_10_steps"], record["masked_loss_last_10_steps"]
+    assert first > 0.9 * math.log(30522) and last < first - 2.0
+    assert record["perplexity"] == pytest.approx(math.exp(last))
+    assert json.loads((out / "mlm_head.json").read_text())["steps"] == 40
+    assert record["trained"] == [
+        "predictions.bias",
+        "predictions.transform.LayerNorm.bias",
+        "predictions.transform.LayerNorm.weight",
+        "predictions.transform.dense.bias",
+        "predictions.transform.dense.weight",
+    ]
+
+    fitted = AutoModelForMaskedLM.from_pretrained(out)
+    original = BertModel.from_pretrained(headless_teacher, add_pooling_layer=False)
+    for name, value in original.state_dict().items():  # the encoder is untouched, bit for bit
+        assert torch.equal(fitted.bert.state_dict()[name], value), name
+    assert fitted.get_output_embeddings().weight is fitted.get_input_embeddings().weight  # still tied
+    teacher = build_teacher(TeacherConfig(path=str(out)), needs_mlm_head=True)  # OD accepts it now
+    assert teacher.get_output_embeddings() is not None
+
+
+def test_refuses_heads_it_does_not_know():
+    model = DistilBertForMaskedLM(DistilBertConfig(dim=32, hidden_dim=64, n_layers=1, n_heads=2))
+    with pytest.raises(ValueError, match="expected one MLM head module"):
+        mlm_head_module(model)
+
+
+def test_refuses_bad_settings(headless_teacher, one_batch_shards, tmp_path):
+    with pytest.raises(ValueError, match="must be positive"):
+        fit_mlm_head(str(headless_teacher), str(one_batch_shards), tmp_path / "x", steps=0)
