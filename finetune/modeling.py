@@ -7,8 +7,9 @@ initialised classification head (and pooler), a fine-tuned directory keeps its o
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -53,9 +54,26 @@ def load_classifier(path: str, spec: TaskSpec) -> PreTrainedModel:
         raise ValueError(
             f"{path} is a classifier with {config.num_labels} labels, task {spec.name} has {spec.num_labels}"
         )
-    # Encoder-only checkpoints lack the head: its fresh initialisation is expected, not worth a warning.
-    logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
-    return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    with _quiet_loading():
+        return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Encoder-only checkpoints lack the head: its fresh initialisation is expected, not worth a warning.
+    (transformers also runs a tensor-parallel plan check, which warns for every plain model, whenever its
+    loading logger is at WARNING or above: that logger is quieted too.) Levels are restored after."""
+    loggers = [
+        logging.getLogger(f"transformers.{n}") for n in ("modeling_utils", "distributed.tensor_parallel")
+    ]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def classification_head(model: PreTrainedModel) -> Callable[[torch.Tensor], torch.Tensor]:
