@@ -39,6 +39,13 @@ def _tile(x_ptr, b, h, idx, T, stride_b, stride_t, D: tl.constexpr, DP: tl.const
 
 
 @triton.jit
+def _program_block(A, BM: tl.constexpr):
+    """This program's (batch x relation head) slice ``bh = b * A + h`` and its block of ``BM`` rows."""
+    bh = tl.program_id(1)
+    return bh, bh // A, bh % A, tl.program_id(0) * BM + tl.arange(0, BM)
+
+
+@triton.jit
 def _scores(a, b, scale):
     return tl.dot(a, tl.trans(b), input_precision="ieee") * scale
 
@@ -50,10 +57,7 @@ def _relation_kl_fwd(
     DS: tl.constexpr, DSP: tl.constexpr, DT: tl.constexpr, DTP: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr,
 ):  # fmt: skip
-    bh = tl.program_id(1)
-    b = bh // A
-    h = bh % A
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    bh, b, h, rows = _program_block(A, BM)
     s_i = _tile(xs, b, h, rows, T, sbs, sts, DS, DSP)
     t_i = _tile(xt, b, h, rows, T, sbt, stt, DT, DTP)
     m_s = tl.full([BM], _MASK_VALUE, tl.float32)
@@ -103,10 +107,7 @@ def _relation_kl_bwd(
 ):  # fmt: skip
     """``TRANSPOSED=False``: grad[own rows] = G A over all keys. ``True``: grad[own rows] += G^T A over
     all queries (the own rows are then the keys). Unscaled by ``1 / sqrt(d_r)``."""
-    bh = tl.program_id(1)
-    b = bh // A
-    h = bh % A
-    own = tl.program_id(0) * BM + tl.arange(0, BM)
+    bh, b, h, own = _program_block(A, BM)
     s_own = _tile(xs, b, h, own, T, sbs, sts, DS, DSP)
     t_own = _tile(xt, b, h, own, T, sbt, stt, DT, DTP)
     own_in = own < T
