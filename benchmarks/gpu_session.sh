@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # What the offline GPU machine ran for docs/benchmarks.md and docs/results.md, from the repository root
 # with .carry/ beside the code (../shared/offline-gpu/README.md; `bash ../shared/offline-gpu/make_carry.sh`
-# fills .carry/whl and .carry/teacher, and .carry/data holds the Wikipedia dump and the movie sentences
-# copied from `pretrain-distill assets`). Results go under $OUT (default runs/gpu).
+# fills .carry/whl and .carry/teacher; `carry-data` below puts the Wikipedia dump and the movie sentences
+# into .carry/data). Results go under $OUT (default runs/gpu).
 #
+#   bash benchmarks/gpu_session.sh carry-data            # on this machine, first
 #   bash benchmarks/gpu_session.sh bench                 # CUDA tests + throughput + relation-loss memory
 #   bash benchmarks/gpu_session.sh study LABEL STUDENT [demo options...]   # one demo run, in $OUT/LABEL
 #   bash benchmarks/gpu_session.sh parallel 'LABEL STUDENT [opts]' ...    # several at once, then collect
 # `collect` gathers the runs' scores and last distillation records into $OUT/study.json (and a table).
 set -uo pipefail
+if [ "${1:-}" = carry-data ]; then
+  mkdir -p .carry/data
+  python3 -c 'from pretrain_distill.assets import movie_sentences_path as m, wikipedia_dump_path as w
+print(w()); print(m())' | xargs -I{} cp {} .carry/data/
+  exit
+fi
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
 if [ -z "${GPU_SESSION_READY:-}" ]; then
