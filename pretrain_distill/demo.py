@@ -2,16 +2,16 @@
 
   1. assets     the all-MiniLM-L6-v2 teacher, an English Wikipedia dump, 10,605 movie sentences
   2. prepare    Wikipedia -> packed webdataset shards
-  3. distill    MiniLMv2 (teacher layer L_T-1) into a 3-layer x 192 student
+  3. distill    MiniLMv2 (teacher layer L_T-1) into a 3-layer student (192 wide on CPU, 384 on GPU)
   4. export     the student as a Hugging Face model directory (+ loss-curve plot)
   5. fine-tune  teacher, distilled student and the same student from random init on the movie
                 sentences (binary sentiment, held-out split)
   6. report     a results table, and where the model, logs and plot are
 
-Profiles: `cpu` (default without a GPU: about 12 minutes on 2 cores), `gpu` (default with one:
-longer distillation, all fine-tuning data, 3 seeds), `study` (the GPU comparison of docs/results.md:
-1,500 steps of batch 32 x 256, fine-tuning on 2,000 sentences, 3 seeds), `tiny` (seconds; what the
-integration test runs).
+Profiles: `cpu` (default without a GPU: about 12 minutes on 2 cores; a 3-layer x 192 student), `gpu`
+(default with one: the setting of the H100 study in docs/results.md, 1,500 steps of 32 x 256 tokens into
+the 3-layer x 384 student `3L`, fine-tuning on 2,000 sentences with 3 seeds; 5-6.5 minutes per run on
+an H100 shared by 3-10 runs), `tiny` (seconds; what the integration test runs).
 `--objectives` distils one student per objective config (configs/objectives/) and fine-tunes each:
 the paper's comparison at small scale (docs/results.md). `od` runs as the paper's second stage: from the
 export of the objective listed before it (an HS one), against the teacher with an MLM head fitted
@@ -51,13 +51,13 @@ class Profile:
     finetune_batch: int
     seeds: tuple[int, ...]
     workers: int
+    student: str  # default student config (configs/students/)
 
 
 PROFILES = {
-    "tiny": Profile(64, 3, 4, 48, 32, 1, 8, (1,), 0),
-    "cpu": Profile(128, 500, 16, 4000, 1000, 2, 32, (1,), 1),
-    "gpu": Profile(256, 4000, 64, None, None, 3, 32, (1, 2, 3), 4),
-    "study": Profile(256, 1500, 32, 2000, None, 3, 32, (1, 2, 3), 1),
+    "tiny": Profile(64, 3, 4, 48, 32, 1, 8, (1,), 0, "minilm_3x192"),
+    "cpu": Profile(128, 500, 16, 4000, 1000, 2, 32, (1,), 1, "minilm_3x192"),
+    "gpu": Profile(256, 1500, 32, 2000, None, 3, 32, (1, 2, 3), 1, "3L"),
 }
 
 
@@ -76,9 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--student",
-        default="minilm_3x192",
         metavar="NAME",
-        help="student config (configs/students/NAME.yaml; default: minilm_3x192, 3 layers x 192)",
+        help="student config (configs/students/NAME.yaml; default: the profile's, minilm_3x192 = "
+        "3 layers x 192 on cpu, 3L = 3 layers x 384 on gpu)",
     )
     parser.add_argument("--seeds", nargs="+", type=int, help="fine-tuning seeds (default: the profile's)")
     parser.add_argument("--no-teacher", action="store_true", help="do not fine-tune the teacher")
@@ -277,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
             profile,
             device,
             Path(args.out),
-            args.student,
+            args.student or profile.student,
             args.objectives,
             teacher=not args.no_teacher,
             random_init=not args.no_random_init,

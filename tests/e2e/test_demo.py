@@ -88,3 +88,18 @@ def test_demo_distill_config_composes_student_objective_and_overrides(tmp_path):
         "fp32",
         str(tmp_path / "shards"),
     )
+
+
+@pytest.mark.parametrize("name", ["tiny", "cpu", "gpu"])
+def test_every_profile_builds_its_default_run(name, tmp_path):
+    """Each profile's default student composes with the default objective on its device."""
+    from pretrain_distill.demo import PROFILES, distill_config
+
+    profile = PROFILES[name]
+    device = "cuda" if name == "gpu" else "cpu"
+    cfg = distill_config(tmp_path, profile.student, "minilmv2_lt1", profile, device, tmp_path / "shards")
+    assert (
+        cfg.train.max_steps == profile.distill_steps and cfg.train.micro_batch_size == profile.distill_batch
+    )
+    assert cfg.train.precision == ("bf16" if device == "cuda" else "fp32")
+    assert cfg.objective.teacher_layer == "L_T-1" and cfg.objective.relation_heads == 12
