@@ -1,18 +1,21 @@
 """Distillation step throughput: the naive Hugging Face way vs ours (Distiller: taps, truncated teacher,
-SDPA, chunked relation loss), side by side in one run, for HS (uniform) and MiniLMv2 (L_T-1).
+SDPA, fused relation loss, MLM heads on the masked rows only), side by side in one run, for HS (uniform),
+MiniLMv2 (L_T-1) and OD (masked positions; the teacher needs an MLM head, which the random one has).
 
 One step = teacher forward (frozen, no grad) + student forward + backward + AdamW step, under bf16 autocast
 on GPU (fp32 on CPU unless --dtype bf16). Naive = what a first implementation with the Hugging Face API
 does: the full teacher with its MLM head and ``output_hidden_states=True, output_attentions=True`` (eager
 attention), the student ``*ForMaskedLM`` with hidden states (and attentions), Q/K/V recomputed from the
-returned hidden states, relation matrices materialised in fp32, losses from the returned tensors.
+returned hidden states, relation matrices materialised in fp32, OD from the full ``[B, T, V]`` logits of
+both models, losses from the returned tensors.
 
 On CPU the times are process CPU-seconds (``time.process_time``, one torch thread by default so that
 OpenMP spin-waiting is not counted), so the table stays meaningful on a shared machine: tokens/s reads "tokens per CPU-second", the peak is a matmul's FLOP per
 CPU-second. On GPU they are wall-clock seconds between ``torch.cuda.synchronize()`` calls.
 
-MFU counts only the FLOPs a method needs: the teacher up to the deepest layer read (no MLM head), the
-student encoder forward + backward (3x), and the loss; the same count divides both methods' times.
+MFU counts only the FLOPs a method needs: the teacher up to the deepest layer read (its MLM head on the
+masked rows for OD only), the student encoder forward + backward (3x; with its MLM head on the masked rows
+for OD), and the loss; the same count divides both methods' times. 15% of the real tokens are masked.
 
   python benchmarks/distill_throughput.py                                  # H100 defaults: 128 x 256, bf16
   python benchmarks/distill_throughput.py --device cpu --batch 8 --seq 64 --teacher-layers 6 --iters 3
@@ -36,8 +39,9 @@ from transformers import BertConfig, BertForMaskedLM
 
 from pretrain_distill.config import ObjectiveConfig
 from pretrain_distill.models import PRESETS, build_student
-from pretrain_distill.objectives import Distiller
+from pretrain_distill.objectives import Distiller, output_distribution_loss
 
+MASK_RATE = 0.15
 GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, spec sheets
 
 
@@ -54,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher-heads", type=int, default=12)
     p.add_argument("--teacher-ffn", type=int, default=3072)
     p.add_argument("--students", default="6L,3L", help="comma-separated presets")
-    p.add_argument("--objectives", default="hs,minilmv2", help="comma-separated: hs, minilmv2")
+    p.add_argument("--objectives", default="hs,minilmv2", help="comma-separated: hs, minilmv2, od")
     p.add_argument("--relation-heads", type=int, default=48)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
@@ -78,7 +82,12 @@ def encoder_flops_per_token(layers: int, hidden: int, ffn: int, seq: int) -> flo
 def needed_flops(objective: str, teacher: BertConfig, student: BertConfig, args: argparse.Namespace) -> float:
     """FLOPs one step needs (see module docstring)."""
     tokens = args.batch * args.seq
-    if objective == "hs":
+    head = 0.0
+    if objective == "od":  # MLM heads (transform + decoder) on the masked rows, student fwd + bwd
+        depth, loss = teacher.num_hidden_layers, 0.0
+        per_row = lambda h: 2 * (h * h + h * teacher.vocab_size)  # noqa: E731
+        head = MASK_RATE * (per_row(teacher.hidden_size) + 3 * per_row(student.hidden_size))
+    elif objective == "hs":
         k = math.ceil(teacher.num_hidden_layers / student.num_hidden_layers)
         depth = min(teacher.num_hidden_layers, k * student.num_hidden_layers)
         loss = 3 * 2 * student.num_hidden_layers * student.hidden_size * teacher.hidden_size  # maps fwd+bwd
@@ -90,7 +99,7 @@ def needed_flops(objective: str, teacher: BertConfig, student: BertConfig, args:
     s = encoder_flops_per_token(
         student.num_hidden_layers, student.hidden_size, student.intermediate_size, args.seq
     )
-    return tokens * (t + 3 * s + loss)
+    return tokens * (t + 3 * s + loss + head)
 
 
 def peak_flops(args: argparse.Namespace, dtype: torch.dtype) -> tuple[float, str]:
@@ -150,7 +159,7 @@ def naive_step_fn(objective: str, teacher: BertForMaskedLM, student: BertForMask
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.98))
     t_layer = t_cfg.num_hidden_layers - 1
 
-    def step(input_ids, mask):
+    def step(input_ids, mask, labels):
         with torch.no_grad():
             t_out = teacher(
                 input_ids=input_ids, attention_mask=mask, output_hidden_states=True, output_attentions=True
@@ -158,7 +167,9 @@ def naive_step_fn(objective: str, teacher: BertForMaskedLM, student: BertForMask
         s_out = student(
             input_ids=input_ids, attention_mask=mask, output_hidden_states=True, output_attentions=True
         )
-        if objective == "hs":
+        if objective == "od":
+            loss = output_distribution_loss(s_out.logits, t_out.logits, 1.0, labels != -100)
+        elif objective == "hs":
             loss = sum(
                 F.mse_loss(maps[i](s_out.hidden_states[i + 1]).float(), t_out.hidden_states[j].float())
                 for i, j in enumerate(mapping)
@@ -180,6 +191,8 @@ def naive_step_fn(objective: str, teacher: BertForMaskedLM, student: BertForMask
 def ours_step_fn(objective: str, teacher: BertForMaskedLM, student: BertForMaskedLM, args) -> Callable:
     if objective == "hs":
         cfg = ObjectiveConfig(weights={"hs": 1.0}, mapping="uniform")
+    elif objective == "od":
+        cfg = ObjectiveConfig(weights={"od": 1.0})
     else:
         cfg = ObjectiveConfig(
             weights={"minilmv2": 1.0}, teacher_layer="L_T-1", relation_heads=args.relation_heads
@@ -187,8 +200,8 @@ def ours_step_fn(objective: str, teacher: BertForMaskedLM, student: BertForMaske
     distiller = Distiller(cfg, student, teacher).to(args.device)
     opt = torch.optim.AdamW(distiller.parameters(), lr=1e-4, betas=(0.9, 0.98))
 
-    def step(input_ids, mask):
-        loss = distiller(input_ids, mask)["loss"]
+    def step(input_ids, mask, labels):
+        loss = distiller(input_ids, mask, labels if distiller.needs_masking else None)["loss"]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -216,6 +229,8 @@ def measure(step: Callable, args: argparse.Namespace, dtype: torch.dtype) -> tup
     input_ids = torch.randint(1000, 30000, (args.batch, args.seq), generator=gen).to(args.device)
     mask = torch.ones(args.batch, args.seq, dtype=torch.long, device=args.device)
     mask[: args.batch // 4, args.seq * 3 // 4 :] = 0  # some padding, as in real batches
+    chosen = (torch.rand(args.batch, args.seq, generator=gen) < MASK_RATE).to(args.device) & (mask != 0)
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
     autocast = (
         torch.autocast(args.device, dtype=torch.bfloat16)
         if dtype == torch.bfloat16
@@ -229,7 +244,7 @@ def measure(step: Callable, args: argparse.Namespace, dtype: torch.dtype) -> tup
         for i in range(args.warmup + args.iters):
             _sync(args.device)
             start = _clock(args.device)
-            step(input_ids, mask)
+            step(input_ids, mask, labels)
             _sync(args.device)
             if i >= args.warmup:
                 times.append(_clock(args.device) - start)

@@ -32,20 +32,20 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from pretrain_distill.models.families import base_model
+from pretrain_distill.models.families import base_model, mlm_head
 from pretrain_distill.models.teacher import freeze
 
 
 def mlm_head_module(model: nn.Module) -> nn.Module:
     """The one child of a ``*ForMaskedLM`` that maps final hidden states to logits (``cls``, ``lm_head``)."""
-    heads = [m for m in model.children() if m is not base_model(model)]
-    if len(heads) != 1:
+    head = mlm_head(model)
+    if head is None:
         names = [n for n, m in model.named_children() if m is not base_model(model)]
         raise ValueError(
             f"{type(model).__name__}: expected one MLM head module next to the encoder, found {names}; "
             "fit-mlm-head supports BERT, RoBERTa and XLM-R style heads"
         )
-    return heads[0]
+    return head
 
 
 def _masked_metrics(steps: list[tuple[float, int, int]], suffix: str) -> dict[str, float]:

@@ -71,6 +71,14 @@ def base_model(model: nn.Module) -> nn.Module:
     return getattr(model, "base_model", model)
 
 
+def mlm_head(model: nn.Module) -> nn.Module | None:
+    """The position-wise module that maps a ``*ForMaskedLM``'s final hidden states to logits (``cls`` for
+    BERT, ``lm_head`` for RoBERTa / XLM-R); None for a bare encoder or a head spread over several modules
+    (DistilBERT)."""
+    heads = [m for m in model.children() if m is not base_model(model)]
+    return heads[0] if base_model(model) is not model and len(heads) == 1 else None
+
+
 def _get(module: nn.Module, path: str) -> nn.Module | None:
     for name in path.split("."):
         module = getattr(module, name, None)

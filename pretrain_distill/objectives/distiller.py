@@ -5,7 +5,9 @@ From an :class:`~pretrain_distill.config.ObjectiveConfig` it works out what ever
 hooks on exactly those, truncates the teacher to the deepest layer read, and on each batch runs
 
 - the teacher under ``torch.inference_mode()`` (its MLM head only for OD; not at all for MLM alone),
-- the student's base encoder, or the whole ``*ForMaskedLM`` only when OD / MLM need logits,
+- the student's base encoder; OD / MLM add the MLM head, on only the positions they read (the masked
+  tokens, or the valid ones for ``od_positions: all``): the head is position-wise, and at a 30k
+  vocabulary it costs more than a small student's encoder when run on every position,
 
 then the pure losses of :mod:`pretrain_distill.objectives`. Terms (weights in ``objective.weights``):
 ``hs`` (eq. 6), ``od`` (eq. 5), ``minilmv2`` (eqs. 7-9), ``direct_minilm`` (eq. 10), ``cosine`` and
@@ -33,7 +35,7 @@ from pretrain_distill.models import (
     spec_of,
     truncate_layers,
 )
-from pretrain_distill.models.families import encoder_layers
+from pretrain_distill.models.families import encoder_layers, mlm_head
 from pretrain_distill.objectives.losses import (
     DirectMiniLMMaps,
     HiddenStateProjections,
@@ -48,6 +50,19 @@ from pretrain_distill.objectives.relations import minilmv2_loss
 
 TERMS: tuple[str, ...] = ("hs", "od", "minilmv2", "direct_minilm", "cosine", "mlm")
 _LOGIT_TERMS = ("od", "mlm")
+
+
+def mlm_logits_at(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, positions: Tensor) -> Tensor:
+    """``model(...).logits[positions]`` (``[N, V]``), with the MLM head run on the selected rows only.
+
+    The encoder sees the whole batch; the head, being position-wise, only the ``positions`` rows. Heads
+    spread over several modules (DistilBERT) fall back to the full logits, then the selection.
+    """
+    head = mlm_head(model)
+    if head is None:
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits[positions]
+    hidden = base_model(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return head(hidden[positions])
 
 
 def resolve_teacher_layer(spec: str | int, num_teacher_layers: int) -> int:
@@ -272,6 +287,21 @@ class Distiller(nn.Module):
             self._mapping = self._draw(counter)
             self._teacher_tap.retarget(*self._tapped("teacher"))
 
+    def _od_positions(self, attention_mask: Tensor, labels: Tensor | None) -> Tensor:
+        """Bool ``[B, T]``: where OD compares distributions (the masked tokens, or every valid one)."""
+        return labels != -100 if self.cfg.od_positions == "masked" else attention_mask != 0
+
+    def _logit_positions(self, attention_mask: Tensor, labels: Tensor | None) -> Tensor | None:
+        """Bool ``[B, T]``: the positions any logit term reads (None when no term reads logits)."""
+        if not self._needs_logits:
+            return None
+        positions = torch.zeros_like(attention_mask, dtype=torch.bool)
+        if "od" in self.weights:
+            positions |= self._od_positions(attention_mask, labels)
+        if "mlm" in self.weights:
+            positions |= labels != -100
+        return positions
+
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None = None
     ) -> dict[str, Tensor]:
@@ -281,15 +311,16 @@ class Distiller(nn.Module):
                 f"objective terms {self._logit_terms()} need MLM labels (a masked batch): pass labels="
             )
         teacher_logits = None
+        positions = self._logit_positions(attention_mask, labels)
         if self._teacher_tap is not None:
             with torch.inference_mode():
                 if "od" in self.weights:
-                    teacher_logits = self.teacher(input_ids=input_ids, attention_mask=attention_mask).logits
+                    teacher_logits = mlm_logits_at(self.teacher, input_ids, attention_mask, positions)
                 else:
                     base_model(self.teacher)(input_ids=input_ids, attention_mask=attention_mask)
             t_cap = self._teacher_tap.pop()
         if self._needs_logits:
-            student_logits = self.student(input_ids=input_ids, attention_mask=attention_mask).logits
+            student_logits = mlm_logits_at(self.student, input_ids, attention_mask, positions)
         else:
             base_model(self.student)(input_ids=input_ids, attention_mask=attention_mask)
         s_cap = self._student_tap.pop()
@@ -300,9 +331,11 @@ class Distiller(nn.Module):
                 s_cap.hidden, t_cap.hidden, self._mapping, self.hs_projections, attention_mask
             )
         if "od" in self.weights:
-            mask = labels != -100 if self.cfg.od_positions == "masked" else attention_mask != 0
             losses["od"] = output_distribution_loss(
-                student_logits, teacher_logits, self.cfg.temperature, mask
+                student_logits,
+                teacher_logits,
+                self.cfg.temperature,
+                self._od_positions(attention_mask, labels)[positions],
             )
         if self.qkv_layers is not None:
             s_qkv, t_qkv = s_cap.qkv[self.qkv_layers[0]], t_cap.qkv[self.qkv_layers[1]]
@@ -315,7 +348,7 @@ class Distiller(nn.Module):
                 s_cap.hidden[self.num_student_layers], t_cap.hidden[self.num_teacher_layers], attention_mask
             )
         if "mlm" in self.weights:
-            losses["mlm"] = mlm_loss(student_logits, labels)
+            losses["mlm"] = mlm_loss(student_logits, labels[positions])
         total = sum(self.weights[name] * value for name, value in losses.items())
         if "direct_minilm" in self.weights and self.cfg.orthogonal_weight > 0:
             losses["orthogonality"] = self.direct_maps.orthogonality_penalty()

@@ -16,7 +16,7 @@ def test_distill_throughput_runs_on_cpu(capsys):
     spec.loader.exec_module(bench)
     threads = torch.get_num_threads()  # the benchmark pins CPU runs to one thread
     args = "--device cpu --batch 2 --seq 16 --teacher-layers 3 --teacher-hidden 96 --teacher-heads 4 --teacher-ffn 128"
-    args += " --students 3L --objectives hs,minilmv2 --relation-heads 12 --warmup 0 --iters 1"
+    args += " --students 3L --objectives hs,minilmv2,od --relation-heads 12 --warmup 0 --iters 1"
     try:
         bench.main(args.split())
     finally:
@@ -24,7 +24,7 @@ def test_distill_throughput_runs_on_cpu(capsys):
     rows = [
         line
         for line in capsys.readouterr().out.splitlines()
-        if line.startswith("| hs") or line.startswith("| minilmv2")
+        if line.startswith(("| hs", "| minilmv2", "| od"))
     ]
-    assert [row.split(" | ")[2] for row in rows] == ["naive", "ours", "naive", "ours"]
+    assert [row.split(" | ")[2] for row in rows] == ["naive", "ours"] * 3
     assert all(row.rstrip(" |").endswith("x") and "%" in row for row in rows)

@@ -140,6 +140,39 @@ def test_od_term_matches_full_model_logits(batch):
     torch.testing.assert_close(out["od"], expected)
 
 
+@pytest.mark.parametrize("od_positions", ["masked", "all"])
+def test_logit_terms_and_gradients_match_full_logits_of_the_whole_batch(od_positions, batch):
+    """OD and MLM run the MLM heads on the positions they read only: same losses and gradients as from
+    the full ``[B, T, V]`` logits, and the student head sees exactly those rows."""
+    distiller = make("od", weights={"od": 1.0, "mlm": 1.0}, od_positions=od_positions).eval()
+    rows = []
+    head = distiller.student.cls
+    with mock.patch.object(
+        head, "forward", side_effect=lambda h: rows.append(h.shape[0]) or type(head).forward(head, h)
+    ):
+        out = distiller(**batch)
+    masked, valid = batch["labels"] != -100, batch["attention_mask"] != 0
+    assert rows == [int((masked if od_positions == "masked" else valid | masked).sum())]
+    params = [p for p in distiller.student.parameters() if p.requires_grad]
+    got = torch.autograd.grad(out["loss"], params, allow_unused=True)
+
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        teacher_logits = make_teacher()(ids, attention_mask=mask).logits
+    student_logits = distiller.student(ids, attention_mask=mask).logits  # the full [B, T, V] logits
+    od = output_distribution_loss(
+        student_logits, teacher_logits, 1.0, masked if od_positions == "masked" else valid
+    )
+    mlm = torch.nn.functional.cross_entropy(student_logits[masked], batch["labels"][masked])
+    torch.testing.assert_close(out["od"], od)
+    torch.testing.assert_close(out["mlm"], mlm)
+    expected = torch.autograd.grad(od + mlm, params, allow_unused=True)
+    for g, e in zip(got, expected):
+        assert (g is None) == (e is None)
+        if g is not None:
+            torch.testing.assert_close(g, e)
+
+
 @pytest.mark.parametrize(
     "name, overrides, reached",
     [
