@@ -30,7 +30,7 @@ from transformers import PreTrainedModel
 
 from finetune.config import DistillConfig
 from finetune.kd_losses import kd_logit_loss, layer_distance_loss, mean_pool, task_loss
-from finetune.modeling import classification_head, encoder_layers
+from finetune.modeling import RTCClassifier, classification_head, encoder_layers, head_only, head_state
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -219,18 +219,17 @@ class TaskDistiller(nn.Module):
             total = total + w.layer_weight * terms["layer"]
         return terms | {"loss": total}
 
-    def export(self) -> PreTrainedModel:
-        """The student as a stand-alone classifier. ILD-RTC with equal widths: the teacher's classifier
-        (and pooler) weights are written into the student's head, so the saved model is exact."""
-        if self.method == "ild_rtc" and isinstance(self.projector, nn.Identity):
-            prefix = self.teacher.base_model_prefix + "."
-            head = {
-                k: v
-                for k, v in self.teacher.state_dict().items()
-                if not k.startswith(prefix) or ".pooler." in k
-            }
-            missing = set(head) - set(self.student.state_dict())
-            if missing:
-                raise ValueError(f"student has no {sorted(missing)[0]} to take the teacher's classifier")
-            self.student.load_state_dict(head, strict=False)
+    def export(self) -> PreTrainedModel | RTCClassifier:
+        """The student as a stand-alone classifier, exactly as it computed its logits. ILD-RTC with equal
+        widths: the teacher's classifier (and pooler) weights are written into the student's head. With a
+        narrower student: an :class:`RTCClassifier` (student, projector, the teacher's head)."""
+        if self.method != "ild_rtc":
+            return self.student
+        if not isinstance(self.projector, nn.Identity):
+            return RTCClassifier(self.student, self.projector, head_only(self.teacher))
+        head = head_state(self.teacher)
+        missing = set(head) - set(self.student.state_dict())
+        if missing:
+            raise ValueError(f"student has no {sorted(missing)[0]} to take the teacher's classifier")
+        self.student.load_state_dict(head, strict=False)
         return self.student

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import torch
-from safetensors.torch import save_file
 from transformers import set_seed
 
 from finetune.config import FinetuneConfig
@@ -138,17 +136,8 @@ def run_seed(cfg: FinetuneConfig, data: TaskData, seed: int) -> Path:
     }
     metrics["scores"] = {k: task_score(v) for k, v in metrics["eval"].items()}
     if cfg.save_model:
-        model = objective.export()
-        model.save_pretrained(run_dir / "model")
+        objective.export().save_pretrained(run_dir / "model")  # load_classifier reads it back
         tokenizer.save_pretrained(run_dir / "model")
-        if (
-            isinstance(objective, TaskDistiller)
-            and objective.method == "ild_rtc"
-            and not isinstance(objective.projector, torch.nn.Identity)
-        ):
-            # Different widths: the student needs the projector before the teacher's classifier.
-            save_file(objective.projector.state_dict(), str(run_dir / "model" / "rtc_projector.safetensors"))
-            metrics["note"] = "model/ = student encoder; logits = teacher classifier(rtc_projector(h_L))"
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return run_dir
 

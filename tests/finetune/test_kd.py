@@ -200,3 +200,58 @@ def test_mismatched_vocabularies_are_rejected():
     teacher = tiny_classifier(4, 64, seed=1, vocab_size=VOCAB)
     with pytest.raises(ValueError, match="vocab"):
         TaskDistiller(DistillConfig(method="vanilla"), tiny_classifier(2, 32, vocab_size=VOCAB + 1), teacher)
+
+
+def test_ild_rtc_narrower_student_exports_a_classifier_that_loads_back(batch, tmp_path):
+    """Student narrower than the teacher: the export (student + projector + the teacher's head) gives the
+    training-time logits, and so does the directory it saves, read by load_classifier."""
+    from finetune.modeling import RTCClassifier, load_classifier
+    from finetune.tasks import get_task
+
+    d = make("ild_rtc", student_layers=2, student_hidden=32)
+    opt = torch.optim.SGD([p for p in d.parameters() if p.requires_grad], lr=0.5)
+    d(batch)["loss"].backward()
+    opt.step()  # the projector and the student moved away from their initialisation
+    d.eval()
+    exported = d.export()
+    assert isinstance(exported, RTCClassifier)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    with torch.no_grad():
+        expected = d.logits(batch)
+        torch.testing.assert_close(exported(**inputs).logits, expected)
+        exported.save_pretrained(tmp_path / "model")
+        loaded = load_classifier(str(tmp_path / "model"), get_task("sst2")).eval()
+        assert isinstance(loaded, RTCClassifier)
+        torch.testing.assert_close(loaded(**inputs).logits, expected)
+    assert sum(p.numel() for p in loaded.teacher_head.bert.encoder.parameters()) == 0  # head only
+    with pytest.raises(ValueError, match="2 labels, task mnli has 3"):
+        load_classifier(str(tmp_path / "model"), get_task("mnli"))
+
+
+def test_ild_rtc_narrower_roberta_student_exports_exactly(tmp_path):
+    """RoBERTa's head (dense + out_proj on <s>) survives the head-only copy too."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from finetune.modeling import RTCClassifier
+
+    def roberta(hidden: int, layers: int) -> RobertaForSequenceClassification:
+        config = RobertaConfig(
+            vocab_size=VOCAB,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            intermediate_size=2 * hidden,
+            max_position_embeddings=40,
+            num_labels=3,
+        )
+        return RobertaForSequenceClassification(config)
+
+    torch.manual_seed(0)
+    d = TaskDistiller(DistillConfig(method="ild_rtc"), roberta(32, 2), roberta(64, 4), seed=1).eval()
+    ids = torch.randint(3, VOCAB, (2, 9))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        d.export().save_pretrained(tmp_path)
+        loaded = RTCClassifier.from_pretrained(tmp_path).eval()
+        torch.testing.assert_close(loaded(**batch).logits, d.logits(batch))
+    assert loaded.teacher_head.config.num_hidden_layers == 0
