@@ -224,6 +224,8 @@ def output_distribution_loss(
     teacher_logits: Tensor,
     temperature: float = 1.0,
     mask: Tensor | None = None,
+    *,
+    chunk_rows: int | None = None,
 ) -> Tensor:
     """OD transfer, eq. 5, as ``T^2 * KL(softmax(z_T / T) || softmax(z_S / T))`` averaged over positions.
 
@@ -239,6 +241,9 @@ def output_distribution_loss(
 
     Computed in float32 (log-softmax of both sides); equals DistilBERT's
     ``KLDivLoss(reduction="batchmean")(log_softmax(z_S/T), softmax(z_T/T)) * T^2`` over the selected rows.
+    The rows are processed ``chunk_rows`` at a time (default: 64 MiB of float32 per buffer) with a
+    closed-form backward, so a bf16 ``[B, T, V]`` never gets a whole float32 copy; any chunk size gives
+    the same result up to rounding. First-order gradients only.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -260,13 +265,44 @@ def output_distribution_loss(
     else:
         zs = student_logits.reshape(-1, student_logits.shape[-1])
         zt = teacher_logits.reshape(-1, teacher_logits.shape[-1]).to(zs.device)
-    n = zs.shape[0]
-    if n == 0:
+    if zs.shape[0] == 0:
         return _zero_like_graph(zs)
-    log_ps = F.log_softmax(upcast(zs) / temperature, dim=-1)
-    log_pt = F.log_softmax(upcast(zt).to(upcast(zs).dtype) / temperature, dim=-1)
-    kl = F.kl_div(log_ps, log_pt, reduction="sum", log_target=True)
-    return kl / n * (temperature**2)
+    chunk = chunk_rows or max(1, OD_CHUNK_ELEMENTS // zs.shape[-1])
+    return _ChunkedOutputKL.apply(zs, zt, float(temperature), int(chunk))
+
+
+OD_CHUNK_ELEMENTS = 1 << 24
+"""Rows of logits upcast at once by :func:`output_distribution_loss`: 64 MiB of float32 per buffer."""
+
+
+class _ChunkedOutputKL(torch.autograd.Function):
+    """``T^2 * mean_rows KL(softmax(z_T/T) || softmax(z_S/T))`` over ``[N, V]`` logits, a chunk of rows at
+    a time in the compute dtype (float32, float64 kept): no ``[N, V]`` float32 copy is made or saved.
+    The backward recomputes each chunk: ``dL/dz_S = T (softmax(z_S/T) - softmax(z_T/T)) / N``."""
+
+    @staticmethod
+    def forward(ctx, zs: Tensor, zt: Tensor, temperature: float, chunk: int) -> Tensor:  # type: ignore[override]
+        dtype = upcast(zs[:0]).dtype
+        total = torch.zeros((), dtype=dtype, device=zs.device)
+        for i in range(0, zs.shape[0], chunk):
+            log_ps = F.log_softmax(zs[i : i + chunk].to(dtype) / temperature, dim=-1)
+            log_pt = F.log_softmax(zt[i : i + chunk].to(dtype) / temperature, dim=-1)
+            total += F.kl_div(log_ps, log_pt, reduction="sum", log_target=True)
+        ctx.save_for_backward(zs)
+        ctx.zt, ctx.temperature, ctx.chunk = zt, temperature, chunk  # zt may be an inference tensor
+        return total * (temperature**2 / zs.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        (zs,) = ctx.saved_tensors
+        zt, temperature, chunk = ctx.zt, ctx.temperature, ctx.chunk
+        scale = grad_out * (temperature / zs.shape[0])
+        grad = torch.empty_like(zs)
+        for i in range(0, zs.shape[0], chunk):
+            p_s = F.softmax(zs[i : i + chunk].to(scale.dtype) / temperature, dim=-1)
+            p_t = F.softmax(zt[i : i + chunk].to(scale.dtype) / temperature, dim=-1)
+            grad[i : i + chunk] = ((p_s - p_t) * scale).to(zs.dtype)
+        return grad, None, None, None
 
 
 # ------------------------------------------------------------------------------ DistilBERT baseline

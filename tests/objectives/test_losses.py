@@ -244,6 +244,43 @@ def test_od_is_t2_times_cross_entropy_minus_entropy() -> None:
     torch.testing.assert_close(zs2.grad, zs1.grad)
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 4, 10, 64])
+def test_od_chunks_give_the_autograd_value_and_gradient(chunk_rows: int) -> None:
+    """Any row chunk: the value and the closed-form gradient of the plain autograd formula (float64)."""
+    torch.manual_seed(5)
+    zs = (torch.randn(10, 17, dtype=torch.float64) * 2).requires_grad_()
+    zt, T = torch.randn(10, 17, dtype=torch.float64) * 3, 1.7
+    ref = (
+        T
+        * T
+        * F.kl_div(F.log_softmax(zs / T, -1), F.log_softmax(zt / T, -1), reduction="sum", log_target=True)
+        / 10
+    )
+    (ref_grad,) = torch.autograd.grad(ref, zs)
+    got = output_distribution_loss(zs, zt, T, chunk_rows=chunk_rows)
+    (grad,) = torch.autograd.grad(got * 3.0, zs)  # a scaled upstream gradient
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(grad, 3.0 * ref_grad)
+    assert torch.autograd.gradcheck(lambda z: output_distribution_loss(z, zt, T, chunk_rows=3), (zs,))
+
+
+def test_od_bf16_logits_and_inference_mode_teacher() -> None:
+    torch.manual_seed(6)
+    zs = torch.randn(2, 6, 50).bfloat16().requires_grad_()
+    with torch.inference_mode():
+        zt = torch.randn(2, 6, 50).bfloat16()
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    got = output_distribution_loss(zs, zt, 1.0, mask, chunk_rows=3)
+    (grad,) = torch.autograd.grad(got, zs)
+    zs32 = zs.detach().float().requires_grad_()
+    ref = output_distribution_loss(zs32, zt.float(), 1.0, mask, chunk_rows=100)
+    (ref_grad,) = torch.autograd.grad(ref, zs32)
+    assert got.dtype == torch.float32 and got.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert grad.dtype == torch.bfloat16 and (grad[1, 4:] == 0).all()
+    torch.testing.assert_close(grad.float(), ref_grad, rtol=2e-2, atol=1e-4)
+
+
 def test_od_equals_distilbert_kldiv_batchmean() -> None:
     torch.manual_seed(4)
     zs, zt, T = torch.randn(6, 13), torch.randn(6, 13), 2.0
