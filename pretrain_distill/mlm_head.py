@@ -132,7 +132,7 @@ def fit_mlm_head(
         "batch_size": batch_size,
         "lr": lr,
         "seed": seed,
-        "trained": sorted(n for n, p in head.named_parameters() if p.requires_grad),
+        "trained": sorted(name for name, p in head.named_parameters() if p.requires_grad),
         **_masked_metrics(history[:n], f"first_{n}_steps"),
         **_masked_metrics(history[-n:], f"last_{n}_steps"),
         "seconds": round(time.time() - start, 1),
