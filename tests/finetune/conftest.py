@@ -161,12 +161,20 @@ def tiny_encoder_dir(tmp_path_factory, tokenizer):
     return _save(BertModel(config), tokenizer, tmp_path_factory.mktemp("tiny_encoder"))
 
 
-def tiny_classifier(layers: int, hidden: int, num_labels: int = 2, seed: int = 0, vocab_size: int = 30522):
+def tiny_classifier(
+    layers: int,
+    hidden: int,
+    num_labels: int = 2,
+    seed: int = 0,
+    vocab_size: int = 30522,
+    model_type: str = "bert",
+):
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
-    config = BertConfig(
+    config = AutoConfig.for_model(
+        model_type,
         vocab_size=vocab_size,
         hidden_size=hidden,
         num_hidden_layers=layers,
@@ -175,7 +183,7 @@ def tiny_classifier(layers: int, hidden: int, num_labels: int = 2, seed: int = 0
         max_position_embeddings=128,
         num_labels=num_labels,
     )
-    return BertForSequenceClassification(config)
+    return AutoModelForSequenceClassification.from_config(config)
 
 
 @pytest.fixture(scope="session")

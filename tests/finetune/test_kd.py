@@ -230,23 +230,11 @@ def test_ild_rtc_narrower_student_exports_a_classifier_that_loads_back(batch, tm
 
 def test_ild_rtc_narrower_roberta_student_exports_exactly(tmp_path):
     """RoBERTa's head (dense + out_proj on <s>) survives the head-only copy too."""
-    from transformers import RobertaConfig, RobertaForSequenceClassification
-
     from finetune.modeling import RTCClassifier
 
-    def roberta(hidden: int, layers: int) -> RobertaForSequenceClassification:
-        config = RobertaConfig(
-            vocab_size=VOCAB,
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            intermediate_size=2 * hidden,
-            max_position_embeddings=40,
-            num_labels=3,
-        )
-        return RobertaForSequenceClassification(config)
+    def roberta(hidden: int, layers: int):
+        return tiny_classifier(layers, hidden, num_labels=3, vocab_size=VOCAB, model_type="roberta")
 
-    torch.manual_seed(0)
     d = TaskDistiller(DistillConfig(method="ild_rtc"), roberta(32, 2), roberta(64, 4), seed=1).eval()
     ids = torch.randint(3, VOCAB, (2, 9))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
