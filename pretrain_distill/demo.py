@@ -133,10 +133,6 @@ def od_stage(out: Path, shards: Path, profile: Profile, device: str, earlier: li
     """Overrides for OD as a second stage: init from the last export so far, teacher with a fitted head."""
     from pretrain_distill.mlm_head import fit_mlm_head
 
-    if not earlier:
-        raise ValueError(
-            "od runs from a first-stage student: list an HS objective before it (--objectives hs_uniform od)"
-        )
     teacher_mlm = out / "teacher_mlm"
     if not (teacher_mlm / "mlm_head.json").is_file():
         _stage(f"3/6 fit an MLM head on the frozen teacher ({profile.distill_steps} steps), for OD")

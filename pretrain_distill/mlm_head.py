@@ -107,17 +107,18 @@ def fit_mlm_head(
             attention = batch["attention_mask"].to(dev)
             masked, labels = masker(ids, attention, generator)
             selected = labels != -100
+            n_masked = int(selected.sum())
             with torch.inference_mode(), autocast:
                 hidden = encoder(input_ids=masked, attention_mask=attention).last_hidden_state[selected]
             with autocast:
                 logits = head(hidden.clone()).float()  # clone: a normal tensor autograd may save
             loss = F.cross_entropy(logits, labels[selected], reduction="sum")
-            (loss / max(1, int(selected.sum()))).backward()
+            (loss / max(1, n_masked)).backward()
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             correct = int((logits.argmax(-1) == labels[selected]).sum())
-            history.append((loss.item(), correct, int(selected.sum())))
+            history.append((loss.item(), correct, n_masked))
             step += 1
             bar.update()
             bar.set_postfix(loss=f"{history[-1][0] / max(1, history[-1][2]):.3f}")

@@ -291,13 +291,15 @@ class Distiller(nn.Module):
         """Bool ``[B, T]``: where OD compares distributions (the masked tokens, or every valid one)."""
         return labels != -100 if self.cfg.od_positions == "masked" else attention_mask != 0
 
-    def _logit_positions(self, attention_mask: Tensor, labels: Tensor | None) -> Tensor | None:
+    def _logit_positions(
+        self, attention_mask: Tensor, labels: Tensor | None, od_positions: Tensor | None
+    ) -> Tensor | None:
         """Bool ``[B, T]``: the positions any logit term reads (None when no term reads logits)."""
         if not self._needs_logits:
             return None
         positions = torch.zeros_like(attention_mask, dtype=torch.bool)
-        if "od" in self.weights:
-            positions |= self._od_positions(attention_mask, labels)
+        if od_positions is not None:
+            positions |= od_positions
         if "mlm" in self.weights:
             positions |= labels != -100
         return positions
@@ -311,7 +313,8 @@ class Distiller(nn.Module):
                 f"objective terms {self._logit_terms()} need MLM labels (a masked batch): pass labels="
             )
         teacher_logits = None
-        positions = self._logit_positions(attention_mask, labels)
+        od_positions = self._od_positions(attention_mask, labels) if "od" in self.weights else None
+        positions = self._logit_positions(attention_mask, labels, od_positions)
         if self._teacher_tap is not None:
             with torch.inference_mode():
                 if "od" in self.weights:
@@ -335,7 +338,7 @@ class Distiller(nn.Module):
                 student_logits,
                 teacher_logits,
                 self.cfg.temperature,
-                self._od_positions(attention_mask, labels)[positions],
+                od_positions[positions],
             )
         if self.qkv_layers is not None:
             s_qkv, t_qkv = s_cap.qkv[self.qkv_layers[0]], t_cap.qkv[self.qkv_layers[1]]

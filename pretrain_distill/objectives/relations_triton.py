@@ -27,7 +27,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-_MASK_VALUE = tl.constexpr(-1e30)  # finite, as in relations.py: rows without any valid key stay NaN-free
+from pretrain_distill.objectives import relations
+
+_MASK_VALUE = tl.constexpr(relations._MASK_VALUE)  # finite: rows without any valid key stay NaN-free
 
 
 @triton.jit
