@@ -37,20 +37,24 @@ def all_rows(out, manifest):
     return rows
 
 
-@pytest.fixture(scope="module")
-def wiki_shards(small_wiki_dump, tmp_path_factory, tokenizer):
-    out = tmp_path_factory.mktemp("wiki_shards")
-    manifest = prepare_shards(
-        [f"wikipedia:{small_wiki_dump}"],
+def prepare_wiki(dump, out, tokenizer, workers: int) -> dict:
+    """The dump in 128-token sequences, several small shards (``shard_chars``), ``workers`` processes."""
+    return prepare_shards(
+        [f"wikipedia:{dump}"],
         out,
         tokenizer,
         max_length=128,
-        workers=2,
+        workers=workers,
         shard_chars=30_000,
         block_size=64,
         progress=False,
     )
-    return out, manifest
+
+
+@pytest.fixture(scope="module")
+def wiki_shards(small_wiki_dump, tmp_path_factory, tokenizer):
+    out = tmp_path_factory.mktemp("wiki_shards")
+    return out, prepare_wiki(small_wiki_dump, out, tokenizer, workers=2)
 
 
 @pytest.mark.integration
@@ -84,32 +88,11 @@ def test_workers_do_not_change_the_output_and_rerun_is_a_no_op(
     wiki_shards, small_wiki_dump, tokenizer, tmp_path
 ):
     out, manifest = wiki_shards
-    again = prepare_shards(
-        [f"wikipedia:{small_wiki_dump}"],
-        tmp_path,
-        tokenizer,
-        max_length=128,
-        workers=1,
-        shard_chars=30_000,
-        block_size=64,
-        progress=False,
-    )
+    again = prepare_wiki(small_wiki_dump, tmp_path, tokenizer, workers=1)
     assert again["shards"] == manifest["shards"]
     for s in manifest["shards"]:
         assert (tmp_path / s["name"]).read_bytes() == (out / s["name"]).read_bytes()
-    assert (
-        prepare_shards(
-            [f"wikipedia:{small_wiki_dump}"],
-            tmp_path,
-            tokenizer,
-            max_length=128,
-            workers=1,
-            shard_chars=30_000,
-            block_size=64,
-            progress=False,
-        )
-        == again
-    )
+    assert prepare_wiki(small_wiki_dump, tmp_path, tokenizer, workers=1) == again
     with pytest.raises(DataError, match="other settings"):
         prepare_shards([f"wikipedia:{small_wiki_dump}"], tmp_path, tokenizer, max_length=64, progress=False)
 

@@ -146,19 +146,7 @@ def _save(model, tokenizer, path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory, tokenizer):
     """An encoder-only BertModel (2 layers, 64 wide, real vocab): like an exported student."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=128,
-    )
-    return _save(BertModel(config), tokenizer, tmp_path_factory.mktemp("tiny_encoder"))
+    return _save(tiny_classifier(2, 64, head=False), tokenizer, tmp_path_factory.mktemp("tiny_encoder"))
 
 
 def tiny_classifier(
@@ -168,9 +156,11 @@ def tiny_classifier(
     seed: int = 0,
     vocab_size: int = 30522,
     model_type: str = "bert",
+    head: bool = True,
 ):
+    """A tiny random ``*ForSequenceClassification`` (or, ``head=False``, the bare encoder)."""
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
     config = AutoConfig.for_model(
@@ -183,7 +173,7 @@ def tiny_classifier(
         max_position_embeddings=128,
         num_labels=num_labels,
     )
-    return AutoModelForSequenceClassification.from_config(config)
+    return (AutoModelForSequenceClassification if head else AutoModel).from_config(config)
 
 
 @pytest.fixture(scope="session")

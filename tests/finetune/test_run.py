@@ -25,6 +25,14 @@ from .conftest import tiny_classifier
 FAST = ["--max-steps", "3", "--max-length", "32", "--no-progress", "batch_size=4", "lr=1e-3"]
 
 
+def quick_config(model_dir, data_dir, output_dir, **fields) -> FinetuneConfig:
+    """A few-step, no-progress, no-save run of ``model_dir`` on the fixture data (``fields`` override)."""
+    defaults = dict(seeds=[1], max_steps=2, max_length=32, batch_size=4, progress=False, save_model=False)
+    return FinetuneConfig(
+        model=str(model_dir), data_dir=str(data_dir), output_dir=str(output_dir), **(defaults | fields)
+    )
+
+
 def test_train_cli_writes_runs_that_reproduce_their_metrics(tmp_path, glue_dir, tiny_encoder_dir):
     root, _ = glue_dir
     out = tmp_path / "runs"
@@ -53,18 +61,7 @@ def test_train_cli_writes_runs_that_reproduce_their_metrics(tmp_path, glue_dir, 
 @pytest.mark.parametrize("task, splits", [("stsb", {"dev"}), ("mnli", {"dev_matched", "dev_mismatched"})])
 def test_regression_and_two_dev_sets(tmp_path, glue_dir, tiny_encoder_dir, task, splits):
     root, _ = glue_dir
-    cfg = FinetuneConfig(
-        model=str(tiny_encoder_dir),
-        task=task,
-        seeds=[3],
-        data_dir=str(root),
-        output_dir=str(tmp_path),
-        max_steps=2,
-        max_length=32,
-        batch_size=4,
-        progress=False,
-        save_model=False,
-    )
+    cfg = quick_config(tiny_encoder_dir, root, tmp_path, task=task, seeds=[3])
     (run_dir,) = run(cfg)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics["eval"]) == splits
@@ -75,18 +72,7 @@ def test_regression_and_two_dev_sets(tmp_path, glue_dir, tiny_encoder_dir, task,
 
 def test_xnli_selects_on_english_dev_and_scores_all_languages(tmp_path, glue_dir, tiny_encoder_dir):
     root, _ = glue_dir
-    cfg = FinetuneConfig(
-        model=str(tiny_encoder_dir),
-        task="xnli",
-        seeds=[1],
-        data_dir=str(root),
-        output_dir=str(tmp_path),
-        max_steps=2,
-        max_length=32,
-        batch_size=4,
-        progress=False,
-        save_model=False,
-    )
+    cfg = quick_config(tiny_encoder_dir, root, tmp_path, task="xnli")
     metrics = json.loads((run(cfg)[0] / "metrics.json").read_text())
     assert len(metrics["scores"]) == 30 and "test.sw" in metrics["scores"]
     assert load_task_data(cfg).spec.selection_split == "dev.en"
@@ -152,18 +138,8 @@ def test_out_of_domain_eval_set(tmp_path, glue_dir, tiny_encoder_dir):
         text_column="text",
         label_map={"pos": "positive", "neg": "negative"},
     )
-    cfg = FinetuneConfig(
-        model=str(tiny_encoder_dir),
-        task="sst2",
-        seeds=[1],
-        data_dir=str(root),
-        output_dir=str(tmp_path),
-        max_steps=1,
-        max_length=16,
-        batch_size=4,
-        progress=False,
-        save_model=False,
-        eval_sets=[ood],
+    cfg = quick_config(
+        tiny_encoder_dir, root, tmp_path, task="sst2", max_steps=1, max_length=16, eval_sets=[ood]
     )
     metrics = json.loads((run(cfg)[0] / "metrics.json").read_text())
     assert metrics["ood"]["imdb"]["accuracy"] in (0.0, 1 / 3, 2 / 3, 1.0)
