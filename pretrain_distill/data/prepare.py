@@ -2,7 +2,8 @@
 
 Each --source is KIND:PATH[#key=value,...] (PATH: a file, a directory or a glob):
 
-  wikipedia     official XML dump *.xml.bz2 (markup stripped)   #language=xx (default: from xxwiki-)
+  wikipedia     official XML dump *.xml.bz2, or a directory of split parts *.xml-p1p41242.bz2
+                (markup stripped)                               #language=xx,index=...-multistream-index.txt.bz2
   wikipedia-hf  wikimedia/wikipedia-style HF dataset or dir      #config=20231101.fr,split=train
   bookcorpus    directory of *.txt books, or the HF row layout    #language=en
   cc100         xx.txt / xx.txt.xz files (language from name)
@@ -11,17 +12,23 @@ Each --source is KIND:PATH[#key=value,...] (PATH: a file, a directory or a glob)
   parquet       *.parquet                                       #column=text,language=xx,language_column=lang
   hf            any datasets.load_dataset name or local dir     #config=..,split=..,column=..,language=..
 
-Documents are tokenized with the teacher's fast tokenizer, packed contiguously into
-[CLS] ... [SEP] sequences of --max-length tokens ([SEP] between documents; RoBERTa FULL-SENTENCES
-packing, never mixing languages), shuffled within each shard (--seed) and written as
-DIR/<lang>-<index>.tar shards of uint16 (int32 for vocabularies over 65536) arrays. The result is a
-pure function of the inputs and settings, whatever --workers is. An interrupted run resumes when run
-again with the same arguments: finished shards are kept, the rest are written.
+The sources are cut into units of work (files, groups of small files, ranges of a multistream dump
+given its index, shards of a streamed dataset) that --workers processes read in parallel. Each unit's
+documents are tokenized with the teacher's fast tokenizer, packed contiguously into [CLS] ... [SEP]
+sequences of --max-length tokens ([SEP] between documents; RoBERTa FULL-SENTENCES packing, never
+mixing languages), shuffled within each shard (--seed) and written as DIR/<lang>-<unit>-<k>.tar
+shards of uint16 (int32 for vocabularies over 65536) arrays. The result is a pure function of the
+inputs and settings, whatever --workers is. An interrupted run resumes when run again with the same
+arguments: finished units are skipped without reading them, the rest are prepared.
+
+--validation-fraction F holds out about F of the documents (a seeded draw per document) and
+--validation-source adds whole corpora to the held-out set: those go to DIR/validation/ (a shard
+directory of its own, with its manifest), never into the training shards.
 
 Examples:
   pretrain-distill prepare --source wikipedia:enwiki-latest-pages-articles.xml.bz2 --out runs/shards/wiki
-  pretrain-distill prepare --source wikipedia:enwiki.xml.bz2 --source bookcorpus:data/books/ \\
-      --out runs/shards/wikibooks --max-length 256 --workers 16
+  pretrain-distill prepare --source wikipedia:data/enwiki-split/ --source bookcorpus:data/books/ \\
+      --out runs/shards/wikibooks --max-length 256 --workers 16 --validation-fraction 0.001
   pretrain-distill prepare --source 'cc100:data/cc100/*.txt.xz' --out runs/shards/cc100 \\
       --tokenizer xlm-roberta-base
 """
@@ -32,11 +39,11 @@ import argparse
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,18 +51,31 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pretrain_distill.data.errors import DataError
+from pretrain_distill.data import readers
+from pretrain_distill.data.errors import CorruptInput, DataError
 from pretrain_distill.data.packing import pack_documents
 from pretrain_distill.data.readers import Document
 from pretrain_distill.data.shards import write_shard
-from pretrain_distill.data.sources import Source, iter_documents, parse_source
+from pretrain_distill.data.sources import Source, Unit, iter_unit_documents, parse_source, plan_units
 from pretrain_distill.data.wikipedia import strip_wiki_markup
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-PROGRESS = "progress.jsonl"  # settings line + one line per finished shard; removed when complete
-FORMAT_VERSION = 1
+PROGRESS = "progress.jsonl"  # settings line + one line per finished unit; removed when complete
+VALIDATION = "validation"  # sub-directory of the held-out shards (a shard directory of its own)
+FORMAT_VERSION = 2
+_REPORT_BYTES = 4 << 20  # a worker reports its input progress every this many bytes
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: ``SLURM_CPUS_PER_TASK``, else its CPU affinity, else all cores."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -68,21 +88,35 @@ class Settings:
     shard_chars: int
     block_size: int
     seed: int
+    validation_fraction: float = 0.0
+    validation_sources: list[str] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
 
 
 @dataclass
 class Chunk:
-    """The documents of one future shard: one language, about ``shard_chars`` characters."""
+    """The documents of one future shard: one unit, one split, one language, ~``shard_chars`` chars."""
 
-    index: int
+    unit: int
+    index: int  # k-th chunk of the unit
     language: str
+    split: str = "train"  # or VALIDATION
     documents: list[Document] = field(default_factory=list)
     chars: int = 0
 
     @property
     def name(self) -> str:
-        return f"{self.language}-{self.index:06d}.tar"
+        prefix = f"{VALIDATION}/" if self.split == VALIDATION else ""
+        return f"{prefix}{self.language}-{self.unit:06d}-{self.index:04d}.tar"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A unit to prepare: its number (fixes its shard names and seeds) and whether it is held out."""
+
+    number: int
+    unit: Unit
+    validation: bool = False  # every document of a --validation-source unit is held out
 
 
 def tokenizer_info(tokenizer: Any) -> tuple[dict[str, Any], str]:
@@ -114,38 +148,70 @@ def tokenizer_info(tokenizer: Any) -> tuple[dict[str, Any], str]:
     return info, backend
 
 
-def iter_chunks(sources: Sequence[Source], shard_chars: int) -> Iterator[Chunk]:
-    """Group the sources' documents into per-language chunks in a deterministic order."""
-    open_chunks: dict[str, Chunk] = {}
-    index = 0
-    for source in sources:
-        for doc in iter_documents(source):
-            chunk = open_chunks.get(doc.language)
-            if chunk is None:
-                chunk = open_chunks[doc.language] = Chunk(index, doc.language)
-                index += 1
-            chunk.documents.append(doc)
-            chunk.chars += len(doc.text)
-            if chunk.chars >= shard_chars:
-                yield open_chunks.pop(doc.language)
-    yield from sorted(open_chunks.values(), key=lambda c: c.index)
-
-
 # ---------------------------------------------------------------------------------------------
-# Worker side: one chunk -> one shard file + its record
+# Worker side: one unit -> its shard files + their records
 
 
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(backend_json: str, settings: Settings, out_dir: str) -> None:
+def _init_worker(
+    backend_json: str, settings: Settings, out_dir: str, skip_bad: bool, queue: Any = None
+) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # parallelism comes from the processes
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_str(backend_json)
     tokenizer.no_truncation()  # the teacher's file truncates / pads to 128: packing does both
     tokenizer.no_padding()
+    readers.CONTEXT.skip_bad = skip_bad
     _WORKER.update(tokenizer=tokenizer, settings=settings, out_dir=Path(out_dir))
+    if queue is not None:
+        _WORKER["report"] = queue.put
+
+
+def process_unit(job: Job) -> dict[str, Any]:
+    """Read one unit and write its shards; returns ``{"unit", "records", "bad_input"}``.
+
+    Documents go to per-(split, language) chunks; a chunk is written as soon as it holds
+    ``shard_chars`` characters and the partial ones at the end of the unit, so memory is bounded by
+    one unit's open chunks. Held-out documents are drawn with a generator seeded by (seed, unit).
+    """
+    settings: Settings = _WORKER["settings"]
+    report: Callable[[int], None] = _WORKER.get("report", lambda n: None)
+    context = readers.CONTEXT
+    context.bytes_read, context.bad = 0, []
+    reported = 0
+    held_out = np.random.default_rng([settings.seed, job.number, 1])
+    fraction = 1.0 if job.validation else settings.validation_fraction
+    chunks: dict[tuple[str, str], Chunk] = {}
+    records: list[dict[str, Any]] = []
+    count = 0
+    try:
+        for doc in iter_unit_documents(job.unit):
+            split = VALIDATION if fraction and held_out.random() < fraction else "train"
+            chunk = chunks.get((split, doc.language))
+            if chunk is None:
+                chunk = chunks[split, doc.language] = Chunk(job.number, count, doc.language, split)
+                count += 1
+            chunk.documents.append(doc)
+            chunk.chars += len(doc.text)
+            if chunk.chars >= settings.shard_chars:
+                records.append(process_chunk(chunks.pop((split, doc.language))))
+            if context.bytes_read - reported >= _REPORT_BYTES:
+                report(context.bytes_read - reported)
+                reported = context.bytes_read
+    except CorruptInput as err:
+        if not context.skip_bad:
+            raise
+        context.bad.append(
+            {"file": err.file, "member_offset": err.member_offset, "error_offset": err.error_offset}
+        )
+        log.warning("skip_bad_input: %s; the rest of this unit is skipped", err)
+    for chunk in sorted(chunks.values(), key=lambda c: c.index):
+        records.append(process_chunk(chunk))
+    report(max(job.unit.size - reported, 0))
+    return {"unit": job.number, "records": records, "bad_input": list(context.bad)}
 
 
 def process_chunk(chunk: Chunk) -> dict[str, Any]:
@@ -168,14 +234,14 @@ def process_chunk(chunk: Chunk) -> dict[str, Any]:
         info["pad_id"],
         np.dtype(info["dtype"]),
     )
-    order = np.random.default_rng([settings.seed, chunk.index]).permutation(len(ids))
+    order = np.random.default_rng([settings.seed, chunk.unit, chunk.index]).permutation(len(ids))
     ids, lengths = ids[order], lengths[order]
     if len(ids):
         write_shard(_WORKER["out_dir"] / chunk.name, ids, lengths, settings.block_size)
     first_empty = empty[0] if empty else None
     return {
         "name": chunk.name,
-        "index": chunk.index,
+        "split": chunk.split,
         "language": chunk.language,
         "sequences": int(len(ids)),
         "tokens": int(lengths.sum()),
@@ -190,6 +256,16 @@ def process_chunk(chunk: Chunk) -> dict[str, Any]:
 # Driver
 
 
+def plan_jobs(sources: Sequence[Source], validation_sources: Sequence[Source], unit_bytes: int) -> list[Job]:
+    """Every unit of the sources, numbered in order (training sources first); checks every input."""
+    jobs: list[Job] = []
+    for held_out, group in ((False, sources), (True, validation_sources)):
+        for source in group:
+            for unit in plan_units(source, unit_bytes):
+                jobs.append(Job(len(jobs), unit, held_out))
+    return jobs
+
+
 def prepare_shards(
     sources: Sequence[str | Source],
     out_dir: str | Path,
@@ -200,66 +276,115 @@ def prepare_shards(
     block_size: int = 256,
     seed: int = 0,
     progress: bool = True,
+    validation_fraction: float = 0.0,
+    validation_sources: Sequence[str | Source] = (),
+    skip_bad_input: bool = False,
 ) -> dict[str, Any]:
     """Prepare ``sources`` into ``out_dir`` (shards + manifest.json); return the manifest.
 
-    ``shard_chars`` is the input text (before markup removal) per shard, ``block_size`` the sequences
-    per tar member. Re-running with the same arguments resumes an interrupted run (or returns the
-    finished manifest); other arguments for a non-empty ``out_dir`` raise :class:`DataError`.
+    ``shard_chars`` is the input text (before markup removal) per shard and about the input bytes
+    per unit of work; ``block_size`` the sequences per tar member. ``validation_fraction`` of the
+    documents and every document of ``validation_sources`` go to ``out_dir/validation/``.
+    ``skip_bad_input``: a corrupt compressed member is skipped and counted instead of stopping.
+    Every input is checked before anything is written. Re-running with the same arguments resumes an
+    interrupted run (or returns the finished manifest); other arguments for a non-empty ``out_dir``
+    raise :class:`DataError`.
     """
     parsed = [s if isinstance(s, Source) else parse_source(s) for s in sources]
+    held_out = [s if isinstance(s, Source) else parse_source(s) for s in validation_sources]
     if not parsed:
         raise DataError("prepare: no --source given")
+    if not 0.0 <= validation_fraction < 1.0:
+        raise DataError(f"prepare: --validation-fraction must be in [0, 1), got {validation_fraction}")
     info, backend = tokenizer_info(tokenizer)
-    settings = Settings([s.spec for s in parsed], info, max_length, shard_chars, block_size, seed)
+    settings = Settings(
+        [s.spec for s in parsed],
+        info,
+        max_length,
+        shard_chars,
+        block_size,
+        seed,
+        validation_fraction,
+        [s.spec for s in held_out],
+    )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     finished = _check_out_dir(out, settings)
     if finished is not None:
         log.info("%s: already prepared", out)
         return finished
-    records = _load_progress(out, settings)
-    workers = max(1, workers or os.cpu_count() or 1)
+    jobs = plan_jobs(parsed, held_out, shard_chars)  # finds every input (or raises) before writing
+    out.mkdir(parents=True, exist_ok=True)
+    done = _load_progress(out, settings)
+    todo = [job for job in jobs if job.number not in done]
+    workers = max(1, min(workers or available_cpus(), max(len(todo), 1)))
     start = time.perf_counter()
     with (
         open(out / PROGRESS, "a") as journal,
-        tqdm(unit="tok", unit_scale=True, desc="prepare", disable=not progress) as bar,
+        tqdm(
+            total=sum(j.unit.size for j in jobs),
+            initial=sum(j.unit.size for j in jobs if j.number in done),
+            unit="B",
+            unit_scale=True,
+            desc="prepare",
+            disable=not progress,
+        ) as bar,
     ):
-        todo = (c for c in iter_chunks(parsed, shard_chars) if c.index not in records)
-        for record in _run_chunks(todo, workers, backend, settings, out):
-            records[record["index"]] = record
-            journal.write(json.dumps(record) + "\n")
+        if any(job.validation or validation_fraction for job in todo):
+            (out / VALIDATION).mkdir(exist_ok=True)
+        for result in _run_units(todo, workers, (backend, settings, str(out), skip_bad_input), bar.update):
+            done[result["unit"]] = result
+            journal.write(json.dumps(result) + "\n")
             journal.flush()
             os.fsync(journal.fileno())
-            bar.update(record["tokens"])
-            bar.set_postfix(shards=len(records))
-    manifest = _manifest(
-        settings, [records[i] for i in sorted(records)], time.perf_counter() - start, workers
-    )
+            bar.set_postfix(units=f"{len(done)}/{len(jobs)}")
+    results = [done[j.number] for j in jobs]
+    seconds = time.perf_counter() - start
+    records = [r for result in results for r in result["records"]]
+    bad_input = [b for result in results for b in result["bad_input"]]
+    train = [r for r in records if r["split"] == "train"]
+    held = [r for r in records if r["split"] == VALIDATION]
+    manifest = _manifest(settings, train, seconds, workers)
+    manifest["bad_input"] = bad_input
+    manifest["totals"]["bad_input"] = len(bad_input)
+    if held:
+        validation = _manifest(settings, held, seconds, workers)
+        for shard in validation["shards"]:
+            shard["name"] = shard["name"].removeprefix(f"{VALIDATION}/")
+        _write_json(out / VALIDATION / MANIFEST, validation)
+        manifest["validation"] = {
+            "dir": VALIDATION,
+            **validation["totals"],
+            "shards": len(validation["shards"]),
+        }
     _write_json(out / MANIFEST, manifest)
     (out / PROGRESS).unlink()
     _report(manifest)
     return manifest
 
 
-def _run_chunks(
-    chunks: Iterator[Chunk], workers: int, backend: str, settings: Settings, out: Path
+def _run_units(
+    jobs: list[Job], workers: int, init_args: tuple, advance: Callable[[int], Any]
 ) -> Iterator[dict[str, Any]]:
-    """Process chunks in order, at most ``workers + 1`` in flight (reading never runs ahead)."""
+    """Results of the units as they finish; workers' input progress goes to ``advance``."""
     if workers == 1:
-        _init_worker(backend, settings, str(out))
-        yield from map(process_chunk, chunks)
+        _init_worker(*init_args)
+        _WORKER["report"] = advance
+        yield from map(process_unit, jobs)
         return
-    with ProcessPoolExecutor(
-        workers, initializer=_init_worker, initargs=(backend, settings, str(out))
-    ) as pool:
-        pending: deque[Future] = deque()
-        for chunk in chunks:
-            pending.append(pool.submit(process_chunk, chunk))
-            if len(pending) > workers:
-                yield pending.popleft().result()
+    queue = multiprocessing.get_context().Queue()
+    pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(*init_args, queue))
+    try:
+        pending = {pool.submit(process_unit, job) for job in jobs}
         while pending:
-            yield pending.popleft().result()
+            finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            while not queue.empty():
+                advance(queue.get())
+            for future in finished:
+                yield future.result()
+        while not queue.empty():
+            advance(queue.get())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _check_out_dir(out: Path, settings: Settings) -> dict[str, Any] | None:
@@ -274,7 +399,7 @@ def _check_out_dir(out: Path, settings: Settings) -> dict[str, Any] | None:
 
 
 def _load_progress(out: Path, settings: Settings) -> dict[int, dict[str, Any]]:
-    """Records of the shards an interrupted run finished (their files exist); ``{}`` for a fresh start."""
+    """Results of the units an interrupted run finished (their shards exist); ``{}`` for a fresh start."""
     path = out / PROGRESS
     if not path.exists():
         if any(out.glob("*.tar")):
@@ -284,17 +409,17 @@ def _load_progress(out: Path, settings: Settings) -> dict[int, dict[str, Any]]:
     lines = path.read_text().splitlines()
     if not lines or json.loads(lines[0]) != asdict(settings):
         raise DataError(f"{path}: an interrupted preparation with other settings; choose another --out")
-    records = {}
+    done = {}
     for number, line in enumerate(lines[1:], start=2):
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by the interruption: that shard is redone
-            log.warning("%s: line %d incomplete, its shard is prepared again", path, number)
+            result = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by the interruption: that unit is redone
+            log.warning("%s: line %d incomplete, its unit is prepared again", path, number)
             continue
-        if record["sequences"] == 0 or (out / record["name"]).exists():
-            records[record["index"]] = record
-    log.info("%s: resuming, %d shards already done", out, len(records))
-    return records
+        if all(r["sequences"] == 0 or (out / r["name"]).exists() for r in result["records"]):
+            done[result["unit"]] = result
+    log.info("%s: resuming, %d units already done", out, len(done))
+    return done
 
 
 def _manifest(
@@ -338,6 +463,13 @@ def _manifest(
 
 def _report(manifest: dict[str, Any]) -> None:
     totals = manifest["totals"]
+    for bad in manifest["bad_input"]:
+        log.warning(
+            "skipped a corrupt member of %s starting at byte %d (error by byte %d)",
+            bad["file"],
+            bad["member_offset"],
+            bad["error_offset"],
+        )
     for entry in manifest["skipped"]:
         if entry["empty_documents"]:
             log.warning(
@@ -389,12 +521,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fast tokenizer: a HF directory / name, or 'minilm' (the teacher's; default)",
     )
     parser.add_argument("--max-length", type=int, default=256, help="tokens per sequence (default 256)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes (default: all cores)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=available_cpus(),
+        help="processes (default: the CPUs this job may use: SLURM_CPUS_PER_TASK or the CPU affinity)",
+    )
     parser.add_argument(
         "--shard-chars",
         type=int,
         default=32_000_000,
-        help="input characters per shard (default 32M: ~7M tokens, ~14 MB)",
+        help="input characters per shard, and input bytes per unit of work (default 32M: ~7M tokens, ~14 MB)",
+    )
+    parser.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=0.0,
+        help="hold out about this fraction of the documents in DIR/validation/ (default 0)",
+    )
+    parser.add_argument(
+        "--validation-source",
+        action="append",
+        default=[],
+        metavar="KIND:PATH[#k=v,...]",
+        help="a corpus held out entirely in DIR/validation/ (repeatable)",
+    )
+    parser.add_argument(
+        "--skip-bad-input",
+        action="store_true",
+        help="skip a corrupt .bz2 member / .xz stream (counted in the manifest) instead of stopping",
     )
     parser.add_argument("--block-size", type=int, default=256, help="sequences per tar member (default 256)")
     parser.add_argument(
@@ -416,6 +571,9 @@ def run(args: argparse.Namespace) -> int:
             args.block_size,
             args.seed,
             progress=not args.no_progress,
+            validation_fraction=args.validation_fraction,
+            validation_sources=args.validation_source,
+            skip_bad_input=args.skip_bad_input,
         )
     except DataError as err:
         log.error("%s", err)
@@ -424,5 +582,10 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{args.out}: {len(manifest['shards'])} shards, {totals['sequences']} sequences, {totals['tokens']} tokens, "
         f"languages {sorted(manifest['languages'])}, {manifest['last_run']['seconds']:.1f} s"
+        + (
+            f", {manifest['validation']['sequences']} validation sequences"
+            if "validation" in manifest
+            else ""
+        )
     )
     return 0

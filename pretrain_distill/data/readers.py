@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import json
 import logging
 import lzma
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Optional
 
-from pretrain_distill.data.errors import DataError
+from pretrain_distill.data.errors import CorruptInput, DataError
 
 log = logging.getLogger(__name__)
 
-_OPENERS = {".xz": lzma.open, ".bz2": bz2.open, ".gz": gzip.open}
+# Start of every member (stream) of a .bz2 / .xz file: where reading resumes after a corrupt one.
+_MEMBER_MAGIC = {".bz2": b"BZh", ".xz": b"\xfd7zXZ\x00"}
+_BZ2_BLOCK_MAGIC = b"1AY&SY"  # follows "BZh" + the block-size digit
+_CHUNK = 1 << 18  # compressed bytes read at a time
 # Invalid UTF-8 lines reported one by one per file before a summary takes over.
 _REPORTED_BAD_LINES = 5
 
@@ -40,12 +44,165 @@ class Document:
     decode_errors: int = 0  # lines whose invalid UTF-8 bytes were replaced by U+FFFD
 
 
-def open_binary(path: Path) -> BinaryIO:
-    """Open ``path`` for streaming, decompressing ``.xz`` / ``.bz2`` / ``.gz`` on the fly."""
+@dataclass
+class ReadContext:
+    """Per-process reading state of ``prepare``'s workers (one unit of work at a time).
+
+    ``skip_bad``: a corrupt ``.bz2`` member / ``.xz`` stream is skipped (reading resumes at the next
+    member) instead of raising :class:`CorruptInput`; each skip is appended to ``bad``.
+    ``bytes_read`` counts the input bytes read from disk (the progress bar's unit).
+    """
+
+    skip_bad: bool = False
+    bytes_read: int = 0
+    bad: list[dict[str, Any]] = field(default_factory=list)
+
+
+CONTEXT = ReadContext()
+
+
+def open_binary(path: Path, start: int = 0, stop: Optional[int] = None, resync: bool = True) -> BinaryIO:
+    """Open ``path`` for streaming, decompressing ``.xz`` / ``.bz2`` / ``.gz`` on the fly.
+
+    ``.bz2`` / ``.xz`` files are decoded member by member from byte ``start`` to ``stop`` (a range of
+    a multistream dump); a corrupt member raises :class:`CorruptInput` naming the file and the byte
+    offsets, or, with ``CONTEXT.skip_bad`` and ``resync``, is skipped and recorded in ``CONTEXT.bad``.
+    """
     try:
-        return _OPENERS.get(path.suffix, open)(path, "rb")
+        raw = open(path, "rb")
     except OSError as err:
         raise DataError(f"{path}: cannot open: {err}") from err
+    if path.suffix in _MEMBER_MAGIC:
+        return io.BufferedReader(_MemberReader(path, raw, start, stop, resync), buffer_size=1 << 16)
+    counted = io.BufferedReader(_CountingReader(raw), buffer_size=1 << 16)
+    return gzip.GzipFile(fileobj=counted, mode="rb") if path.suffix == ".gz" else counted
+
+
+class _CountingReader(io.RawIOBase):
+    """A raw file that adds the bytes it reads to ``CONTEXT.bytes_read``."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self.raw.readinto(buffer)
+        CONTEXT.bytes_read += n or 0
+        return n
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+class _MemberReader(io.RawIOBase):
+    """Decompressed bytes of the concatenated ``.bz2`` members / ``.xz`` streams in ``[start, stop)``."""
+
+    def __init__(self, path: Path, raw: BinaryIO, start: int, stop: Optional[int], resync: bool) -> None:
+        self.path, self.raw, self.stop, self.resync = path, raw, stop, resync
+        self.kind = path.suffix
+        raw.seek(start)
+        self.offset = start  # file offset of pending[0]
+        self.pending = b""  # compressed bytes not given to a decompressor yet
+        self.member = start  # file offset where the current member began
+        self.decoder: Any = None  # None between members
+        self.out = b""
+        self.out_pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+    def readinto(self, buffer: Any) -> int:
+        while self.out_pos >= len(self.out):
+            if not self._decode():
+                return 0
+        n = min(len(buffer), len(self.out) - self.out_pos)
+        buffer[:n] = self.out[self.out_pos : self.out_pos + n]
+        self.out_pos += n
+        return n
+
+    def _fill(self) -> bool:
+        size = _CHUNK if self.stop is None else min(_CHUNK, self.stop - self.offset - len(self.pending))
+        data = self.raw.read(size) if size > 0 else b""
+        CONTEXT.bytes_read += len(data)
+        self.pending += data
+        return bool(data)
+
+    def _decode(self) -> bool:
+        """Decode the next compressed chunk into ``out``; False at the end of the range."""
+        if not self.pending and not self._fill():
+            if self.decoder is not None:
+                self._corrupt("the file ends inside this member (truncated)", self.offset)
+            return False
+        if self.decoder is None:
+            if self.kind == ".xz":  # stream padding: zero bytes between streams
+                stripped = self.pending.lstrip(b"\0")
+                self.offset += len(self.pending) - len(stripped)
+                self.pending = stripped
+                if not stripped:
+                    return True
+            self.member = self.offset
+            self.decoder = bz2.BZ2Decompressor() if self.kind == ".bz2" else lzma.LZMADecompressor()
+        data, self.pending = self.pending, b""
+        try:
+            self.out, self.out_pos = self.decoder.decompress(data), 0
+        except (OSError, EOFError, lzma.LZMAError) as err:
+            self._corrupt(str(err), self.offset + len(data))
+            return True
+        if self.decoder.eof:
+            self.pending = self.decoder.unused_data
+            self.decoder = None
+        self.offset += len(data) - len(self.pending)
+        return True
+
+    def _corrupt(self, error: str, at: int) -> None:
+        """Raise, or record the bad member and move to the next one (``CONTEXT.skip_bad``)."""
+        message = (
+            f"{self.path}: corrupt {self.kind[1:]} member starting at byte {self.member} "
+            f"(error by byte {at}): {error}"
+        )
+        if not (CONTEXT.skip_bad and self.resync):
+            raise CorruptInput(message, str(self.path), self.member, at)
+        CONTEXT.bad.append({"file": str(self.path), "member_offset": self.member, "error_offset": at})
+        log.warning("skip_bad_input: %s; skipped to the next member", message)
+        self.decoder, self.out, self.out_pos = None, b"", 0
+        self._seek_member(self.member + 1)
+
+    def _seek_member(self, offset: int) -> None:
+        """Position ``pending`` at the next member start at or after ``offset`` (or at the end)."""
+        magic = _MEMBER_MAGIC[self.kind]
+        self.raw.seek(offset)
+        self.offset, self.pending = offset, b""
+        while self._fill():
+            found = self._find_magic(magic)
+            if found >= 0:
+                self.offset += found
+                self.pending = self.pending[found:]
+                return
+            keep = len(magic) + 7  # a magic cut by the chunk boundary
+            self.offset += max(len(self.pending) - keep, 0)
+            self.pending = self.pending[-keep:]
+        self.offset += len(self.pending)
+        self.pending = b""
+
+    def _find_magic(self, magic: bytes) -> int:
+        start = 0
+        while (found := self.pending.find(magic, start)) >= 0:
+            if self.kind != ".bz2":
+                return found
+            header = self.pending[found + 3 : found + 10]
+            if len(header) < 7:
+                return -1
+            if header[:1].isdigit() and header[1:] == _BZ2_BLOCK_MAGIC:
+                return found
+            start = found + 1
+        return -1
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str, bool]]:
@@ -67,7 +224,7 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str, bool]]:
                             "%s: line %d, byte %d: invalid UTF-8 replaced by U+FFFD", path, number, err.start
                         )
                     yield number, raw.decode("utf-8", errors="replace"), True
-    except (OSError, EOFError, lzma.LZMAError) as err:
+    except (OSError, EOFError) as err:
         raise DataError(f"{path}: unreadable after line {number}: {err}") from err
     if bad > _REPORTED_BAD_LINES:
         log.warning("%s: %d lines in all had invalid UTF-8 (replaced by U+FFFD)", path, bad)
@@ -167,25 +324,45 @@ def read_hf(
     column: str = "text",
     language: str = "und",
     language_column: str = "",
+    files: Optional[list[str]] = None,
+    shard: Optional[tuple[int, int]] = None,
 ) -> Iterator[Document]:
-    """Any ``datasets.load_dataset(name, config, split=split, streaming=True)`` source.
+    """Rows of ``datasets.load_dataset(..., streaming=True)``: a hub dataset or local data files.
 
-    A local directory or file is loaded with the matching packaged builder (parquet, json, text,
-    arrow) from its files, so the Hugging Face ``wikimedia/wikipedia`` or ``bookcorpus`` layouts
-    saved to disk work offline.
+    ``files``: these local data files (parquet / json / text / arrow, one builder) instead of the hub
+    dataset ``name`` / ``config``; ``shard=(index, count)``: only that shard of the streamed dataset
+    (``IterableDataset.shard``), so that ``prepare`` can spread one dataset over its workers.
     """
     import datasets
 
-    local = Path(name)
-    if local.exists():
-        files = sorted(p for p in (local.rglob("*") if local.is_dir() else [local]) if p.is_file())
-        builder = _hf_builder(files, name)
-        kept = [str(p) for p in files if _builder_of(p) == builder]
-        dataset = datasets.load_dataset(builder, data_files={split: kept}, split=split, streaming=True)
+    if files is not None:
+        builder = _hf_builder([Path(f) for f in files], name)
+        dataset = datasets.load_dataset(builder, data_files={split: files}, split=split, streaming=True)
     else:
         dataset = datasets.load_dataset(name, config, split=split, streaming=True)
+    if shard is not None:
+        dataset = dataset.shard(num_shards=shard[1], index=shard[0])
     for row_number, row in enumerate(dataset):
         yield _row_document(row, column, language, language_column, name, f"row {row_number}", 0)
+
+
+def hf_data_files(directory: Path) -> list[Path]:
+    """The data files of a local dataset directory, of its most common type, in sorted order."""
+    files = sorted(p for p in (directory.rglob("*") if directory.is_dir() else [directory]) if p.is_file())
+    builder = _hf_builder(files, str(directory))
+    return [p for p in files if _builder_of(p) == builder]
+
+
+def hf_shard_count(name: str, config: str | None, split: str) -> int:
+    """Shards of a hub dataset streamed with ``datasets`` (its data files), for spreading over workers."""
+    import datasets
+
+    try:
+        return max(1, datasets.load_dataset(name, config, split=split, streaming=True).n_shards)
+    except Exception as err:  # datasets raises many types (FileNotFound, ConnectionError, ValueError)
+        raise DataError(
+            f"{name}: cannot load with datasets (config {config!r}, split {split!r}): {err}"
+        ) from err
 
 
 def read_bookcorpus_rows(rows: Iterable[Document], max_chars: int = 20_000) -> Iterator[Document]:

@@ -111,32 +111,33 @@ def test_end_to_end_batches_from_wikipedia(wiki_shards, tokenizer):
     assert len(loader) == -(-manifest["totals"]["sequences"] // 16)
 
 
-def test_interrupted_preparation_resumes_without_duplicates(tmp_path, tokenizer, monkeypatch):
+def test_interrupted_preparation_resumes_without_rereading_finished_units(tmp_path, tokenizer, monkeypatch):
     corpus = tmp_path / "cc100"
     write_cc100(corpus, {"de": 60, "ru": 40, "zh": 30})
-    args = dict(tokenizer=tokenizer, max_length=32, workers=1, shard_chars=1500, block_size=8, progress=False)
+    args = dict(tokenizer=tokenizer, max_length=32, workers=1, shard_chars=300, block_size=8, progress=False)
     reference = prepare_shards([f"cc100:{corpus}"], tmp_path / "ref", **args)
     assert set(reference["languages"]) == {"de", "ru", "zh"} and len(reference["shards"]) > 6
 
-    real = prepare_module.process_chunk
-    calls = []
+    real = prepare_module.iter_unit_documents
+    read = []
 
-    def crash_after_three(chunk):
-        if len(calls) == 3:
+    def crash_on_the_third_unit(unit):
+        if len(read) == 2:
             raise KeyboardInterrupt
-        calls.append(chunk.index)
-        return real(chunk)
+        read.append(unit.files)
+        return real(unit)
 
-    monkeypatch.setattr(prepare_module, "process_chunk", crash_after_three)
+    monkeypatch.setattr(prepare_module, "iter_unit_documents", crash_on_the_third_unit)
     with pytest.raises(KeyboardInterrupt):
         prepare_shards([f"cc100:{corpus}"], tmp_path / "run", **args)
     assert not (tmp_path / "run" / "manifest.json").exists()
     with pytest.raises(DataError, match="preparation unfinished"):
         load_manifest(tmp_path / "run")
-    calls.clear()
-    monkeypatch.setattr(prepare_module, "process_chunk", lambda c: calls.append(c.index) or real(c))
+    first = list(read)
+    read.clear()
+    monkeypatch.setattr(prepare_module, "iter_unit_documents", lambda u: read.append(u.files) or real(u))
     resumed = prepare_shards([f"cc100:{corpus}"], tmp_path / "run", **args)
-    assert len(calls) == len(reference["shards"]) - 3 and 0 not in calls  # finished shards not redone
+    assert len(first) == 2 and len(read) == 1 and not set(read) & set(first)  # finished units not read
     assert resumed["shards"] == reference["shards"]
     for s in reference["shards"]:
         assert (tmp_path / "run" / s["name"]).read_bytes() == (tmp_path / "ref" / s["name"]).read_bytes()
