@@ -401,8 +401,12 @@ def _row_document(
 _BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".txt": "text", ".arrow": "arrow"}
 
 
+# Files ``Dataset.save_to_disk`` writes beside its .arrow data: metadata, not rows.
+_METADATA = {"dataset_info.json", "state.json", "dataset_dict.json"}
+
+
 def _builder_of(path: Path) -> str | None:
-    return _BUILDERS.get(path.suffix)
+    return None if path.name in _METADATA else _BUILDERS.get(path.suffix)
 
 
 def _hf_builder(files: list[Path], name: str) -> str:

@@ -155,7 +155,7 @@ def _dataset_units(source: Source, target_bytes: int) -> list[Unit]:
         count = readers.hf_shard_count(source.path, opts.get("config"), split)
         return [Unit(source, shard=(i, count)) for i in range(count)]
     config = opts.get("config")
-    if config and path.is_dir():
+    if config and path.is_dir() and path.name != config:
         if not (path / config).is_dir():
             found = sorted(p.name for p in path.iterdir() if p.is_dir())
             raise DataError(
@@ -216,7 +216,7 @@ def iter_unit_documents(unit: Unit) -> Iterator[Document]:
     elif source.kind == "bookcorpus":  # the Hugging Face layout (rows of sentences)
         rows = readers.read_hf(
             source.path, split=opts.get("split", "train"), language=opts.get("language", "en"),
-            files=unit.files or None, shard=unit.shard,
+            files=list(unit.files) or None, shard=unit.shard,
         )  # fmt: skip
         yield from readers.read_bookcorpus_rows(rows)
     else:  # hf, wikipedia-hf
