@@ -88,6 +88,10 @@ class DataConfig:
     # Skip a corrupt / empty shard with a warning (its sequences replaced by repeats of others in the
     # same shuffle window, so every rank keeps its step count) instead of stopping with an error.
     skip_bad_shards: bool = False
+    # Held-out shards for validation during training (see train.eval_every): "" = <shards>/validation
+    # when `prepare --validation-fraction F` (or --validation-source) wrote it, else no validation;
+    # "none" = no validation; or the path of a prepared shard directory (same tokenizer).
+    validation: str = ""
 
 
 @dataclass
@@ -126,6 +130,12 @@ class TrainConfig:
     resume: str = "auto"
     # Log every N steps (tqdm, JSON lines, TensorBoard).
     log_every: int = 10
+    # Validate every N optimizer steps (0 = never) when held-out shards exist (data.validation): each
+    # loss term and the total, in eval mode, on the same first eval_batches micro-batches of the
+    # held-out set with the same masks each time; logged as val_loss, val_loss_<term>. At the defaults
+    # it costs about 1% of the training time (docs/engine.md, "Validation").
+    eval_every: int = 1000
+    eval_batches: int = 50
     # Non-finite losses tolerated (skipped micro-batches, replaced by the next ones) before the run
     # stops with an error naming the step and the loss terms.
     nan_skip_budget: int = 0

@@ -1,6 +1,7 @@
 """Write a run's curves as PNGs under ``<run_dir>/plots/``, from ``logs/metrics.jsonl``:
 
-  losses.png     the total loss and every loss term against the optimizer step (log scale)
+  losses.png     the total loss and every loss term against the optimizer step (log scale), with
+                 the validation curve (val_*, train.eval_every) beside the training one when logged
   training.png   learning rate, gradient norm and tokens/s against the step
 
 Example:
@@ -40,9 +41,13 @@ def _figure(records: list[dict], keys: list[str], path: Path, log_scale: bool) -
     fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.4 * len(keys)), sharex=True, squeeze=False)
     for ax, key in zip(axes[:, 0], keys):
         steps, values = _series(records, key)
-        ax.plot(steps, values, linewidth=1.2)
+        ax.plot(steps, values, linewidth=1.2, label="train")
+        val_steps, val_values = _series(records, f"val_{key}")
+        if val_values:
+            ax.plot(val_steps, val_values, "o-", linewidth=1.2, markersize=3, label="validation")
+            ax.legend(loc="upper right", fontsize="small")
         ax.set_ylabel(key)
-        if log_scale and values and min(values) > 0:
+        if log_scale and values and min(values + val_values) > 0:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("optimizer step")

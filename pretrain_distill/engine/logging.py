@@ -86,7 +86,9 @@ def _plain(value: Any) -> Any:
 
 
 def _tb_tag(key: str) -> str:
-    """Group loss terms under ``loss/`` and the rest under ``train/`` in TensorBoard."""
+    """Group loss terms under ``loss/``, validation under ``val/`` and the rest under ``train/``."""
+    if key.startswith("val_"):
+        return "val/" + ("total" if key == "val_loss" else key.removeprefix("val_loss_"))
     if key == "loss":
         return "loss/total"
     if key.startswith("loss_"):

@@ -187,6 +187,7 @@ class Trainer:
         )
         check_tokenizer(load_manifest(cfg.data.shards), self.tokenizer)
         self.masker = DynamicMasker(self.tokenizer, probability=cfg.data.mlm_probability)
+        self.validation = _validation_batches(cfg, self.dist, load_manifest(cfg.data.shards))
 
         torch.manual_seed(cfg.train.seed)  # identical student init and maps on every rank
         needs_teacher_head = cfg.objective.weights.get("od", 0) > 0
@@ -341,6 +342,10 @@ class Trainer:
                         loss=f"{metrics['loss']:.4g}", tok_s=f"{metrics['tokens_per_s']:.3g}"
                     )
                     interval.reset()
+                if self.validation and self.state.step % cfg.eval_every == 0:
+                    eval_start = time.perf_counter()
+                    logger.log(self.state.step, self.validate())
+                    interval.start += time.perf_counter() - eval_start  # tokens/s counts training only
                 if stop or self.state.step % cfg.save_every == 0 or self.state.step == self.total_steps:
                     save_start = time.perf_counter()
                     path = self.save()
@@ -360,6 +365,20 @@ class Trainer:
         barrier()
         return self.run_dir
 
+    def validate(self) -> dict[str, float]:
+        """``val_*`` losses on the held-out batches (all ranks take part; see engine/evaluate.py)."""
+        from pretrain_distill.engine.evaluate import evaluate
+
+        return evaluate(
+            self.distiller,
+            self.validation,
+            self.masker,
+            self.device,
+            self.cfg.train.seed,
+            forward=self.engine,
+            reduce=all_reduce_sum,
+        )
+
     def _global_grad_norm(self) -> float | None:
         return self.grad_norm if self.measure_grad_norm else self.engine.get_global_grad_norm()
 
@@ -367,6 +386,26 @@ class Trainer:
         return save_checkpoint(
             self.store, self.engine, self.distiller.student, self.loader, self.state, self.cfg, self.dist
         )
+
+
+def _validation_batches(cfg: RunConfig, dist: DistEnv, manifest: dict[str, Any]) -> list:
+    """This rank's validation batches; empty when ``train.eval_every`` is 0 or there are no held-out shards."""
+    from pretrain_distill.engine.evaluate import load_validation_batches, validation_dir
+
+    if cfg.train.eval_every < 0 or cfg.train.eval_batches < 1:
+        raise ConfigError("train.eval_every must be >= 0 and train.eval_batches >= 1")
+    path = validation_dir(cfg.data)
+    if not cfg.train.eval_every or path is None:
+        return []
+    return load_validation_batches(
+        path,
+        cfg.train.micro_batch_size,
+        cfg.train.eval_batches,
+        dist.rank,
+        dist.world_size,
+        cfg.train.seed,
+        expect_tokenizer=manifest["tokenizer"]["sha256"],
+    )
 
 
 def _load_tokenizer(cfg: RunConfig):
