@@ -15,8 +15,10 @@ from pretrain_distill.config import DataConfig, ObjectiveConfig, TeacherConfig
 from pretrain_distill.configuration import ConfigError
 from pretrain_distill.data import DynamicMasker
 from pretrain_distill.engine import train
+from pretrain_distill.engine.distributed import launcher_env_scope
 from pretrain_distill.engine.evaluate import evaluate, load_validation_batches, validation_dir
 from pretrain_distill.engine.logging import read_metrics
+from pretrain_distill.engine.trainer import Trainer
 from pretrain_distill.plot import plot_run
 
 
@@ -138,27 +140,24 @@ with open(f"{cfg.train.output_dir}/val_rank{trainer.dist.rank}.json", "w") as f:
 @pytest.mark.slow
 def test_two_ranks_validate_like_one(tiny_teacher_dir, held_out_shards, tmp_path):
     """lr = 0 keeps the weights at their (seeded, identical) start: the validation loss on 2 ranks, each
-    evaluating its share, must equal the 1-rank value."""
+    evaluating its share, must equal the 1-rank value of the freshly built run."""
     extra = ("train.lr=0.0", "train.max_steps=2", "train.eval_every=2", "train.eval_batches=5")
     extra += ("objective.weights={hs: 1.0, mlm: 0.5}", "data.num_workers=2")
+    out = tmp_path / "ranks2"
     script = tmp_path / "child.py"
     script.write_text(TRAIN_AND_DUMP_VAL)
-    results = {}
-    for ranks in (1, 2):
-        out = tmp_path / f"ranks{ranks}"
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}"]
-        cmd += ["--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script)]
-        cmd += [json.dumps(tiny_overrides(tiny_teacher_dir, held_out_shards, out, *extra))]
-        done = subprocess.run(
-            cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=240
-        )
-        assert done.returncode == 0, done.stderr[-4000:]
-        results[ranks] = [json.loads((out / f"val_rank{r}.json").read_text()) for r in range(ranks)]
-        logged = [r for r in read_metrics(out / "logs" / "metrics.jsonl") if "val_loss" in r]
-        assert len(logged) == 1 and logged[0]["val_loss"] == pytest.approx(
-            results[ranks][0]["values"]["val_loss"]
-        )
-    assert results[1][0]["batches"] == [0, 1, 2, 3, 4]
-    assert results[2][0]["batches"] == [0, 2, 4] and results[2][1]["batches"] == [1, 3]
-    assert results[2][0]["values"] == results[2][1]["values"]
-    assert results[2][0]["values"] == pytest.approx(results[1][0]["values"], rel=1e-5)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    cmd += [f"--master_port={free_port()}", str(script)]
+    cmd += [json.dumps(tiny_overrides(tiny_teacher_dir, held_out_shards, out, *extra))]
+    done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-4000:]
+    ranks = [json.loads((out / f"val_rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["batches"] == [0, 2, 4] and ranks[1]["batches"] == [1, 3]
+    assert ranks[0]["values"] == ranks[1]["values"]
+    logged = [r for r in read_metrics(out / "logs" / "metrics.jsonl") if "val_loss" in r]
+    assert len(logged) == 1 and logged[0]["val_loss"] == pytest.approx(ranks[0]["values"]["val_loss"])
+
+    with launcher_env_scope():
+        one = Trainer(tiny_config(tiny_teacher_dir, held_out_shards, tmp_path / "ranks1", *extra))
+    assert [i for i, _ in one.validation] == [0, 1, 2, 3, 4]
+    assert ranks[0]["values"] == pytest.approx(one.validate(), rel=1e-5)
