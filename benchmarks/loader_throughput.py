@@ -1,9 +1,10 @@
 """Loader and prepare throughput against the target per-GPU demand, and against the naive way.
 
 Measures, on this machine:
-  prepare   tokens/s per core of `prepare_shards` (read + strip markup + tokenize + pack + write) on the
-            real English Wikipedia dump, with 1 worker and with --workers, and on the same text without
-            markup (a `text:` source: the tokenizer-bound case of CC100 / BookCorpus);
+  prepare   tokens/s of `prepare_shards` (read + strip markup + tokenize + pack + write) on the real
+            English Wikipedia dump cut into 8 split parts (8 units of work), with 1, 2 and --workers
+            workers (wall rate and speed-up over 1 worker, and per CPU-second), and on the same text
+            without markup (a `text:` source: the tokenizer-bound case of CC100 / BookCorpus);
   stream    sequences/s and tokens/s (real, non-padding tokens) of `build_dataloader` batches on one
             core (num_workers=0, in-process) and with --workers DataLoader workers;
   naive     a DataLoader over raw (already markup-free) text that tokenizes every batch on the fly
@@ -17,9 +18,11 @@ and prints a markdown table with the ratio of each to one H100's demand (--gpu-d
 from __future__ import annotations
 
 import argparse
+import bz2
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import tempfile
@@ -36,7 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from pretrain_distill.assets import teacher_path, wikipedia_dump_path
 from pretrain_distill.config import DataConfig
-from pretrain_distill.data.prepare import prepare_shards
+from pretrain_distill.data.prepare import available_cpus, prepare_shards
 from pretrain_distill.data.stream import build_dataloader
 from pretrain_distill.data.wikipedia import read_wikipedia_dump
 
@@ -63,9 +66,22 @@ def time_prepare(source: str, out: Path, workers: int, max_length: int) -> tuple
     """(wall seconds, CPU seconds, tokens) of one preparation."""
     start, cpu = time.perf_counter(), cpu_seconds()
     manifest = prepare_shards(
-        [source], out, "minilm", max_length, workers, shard_chars=1_000_000, progress=False
+        [source], out, "minilm", max_length, workers, shard_chars=200_000, progress=False
     )
     return time.perf_counter() - start, cpu_seconds() - cpu, manifest["totals"]["tokens"]
+
+
+def split_dump(dump: Path, out: Path, parts: int) -> Path:
+    """The dump's pages dealt into ``parts`` split files named like enwiki's (``...1.xml-p1p2.bz2``)."""
+    text = bz2.open(dump, "rt", encoding="utf-8").read()
+    header = text[: text.index("<page>")]
+    pages = re.findall(r"<page>.*?</page>", text, flags=re.DOTALL)
+    out.mkdir()
+    for k in range(parts):
+        name = f"enwiki-latest-pages-articles{k + 1}.xml-p{k}p{k + 1}.bz2"
+        with bz2.open(out / name, "wt", encoding="utf-8") as f:
+            f.write(header + "\n".join(pages[k::parts]) + "\n</mediawiki>\n")
+    return out
 
 
 def repeat_shards(shards: Path, out: Path, times: int) -> Path:
@@ -132,7 +148,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--workers", type=int, default=available_cpus())
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=10.0, help="per stream measurement")
@@ -146,11 +162,15 @@ def main() -> None:
         texts = [d.text for d in read_wikipedia_dump(dump)]
         plain = work / "wiki.txt"
         plain.write_text("\n\n".join(t.replace("\n\n", "\n") for t in texts) + "\n")
-        preparations = [(f"wikipedia:{dump}", w, "wiki markup") for w in sorted({1, args.workers})]
+        parts = split_dump(dump, work / "split", 8)
+        preparations = [(f"wikipedia:{parts}", w, "wiki markup") for w in sorted({1, 2, args.workers})]
+        one_worker = None
         for source, workers, what in preparations + [(f"text:{plain}#language=en", 1, "plain text")]:
             out = work / f"prepared-{len(rows)}"
             seconds, cpu, tokens = time_prepare(source, out, workers, args.max_length)
-            note = f"{seconds:.1f} s wall, {tokens / seconds:,.0f} tok/s wall in all"
+            one_worker = one_worker or seconds
+            speed_up = f", x{one_worker / seconds:.2f} vs 1 worker" if what == "wiki markup" else ""
+            note = f"{seconds:.1f} s wall, {tokens / seconds:,.0f} tok/s wall in all{speed_up}"
             rows.append(
                 (f"prepare {what}, {workers} worker(s), per CPU-second", float("nan"), tokens / cpu, note)
             )

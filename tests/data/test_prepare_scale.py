@@ -8,6 +8,9 @@ import json
 import lzma
 import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -249,3 +252,22 @@ def test_workers_default_to_the_cpus_the_job_may_use(monkeypatch):
     assert available_cpus() == 3
     monkeypatch.delenv("SLURM_CPUS_PER_TASK")
     assert available_cpus() == len(os.sched_getaffinity(0))
+
+
+def test_prepare_sbatch_uses_the_cpus_of_the_job(tmp_path):
+    corpus = tmp_path / "c"
+    write_cc100(corpus, {"de": 20, "ru": 20, "zh": 20})
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHON": sys.executable, "SLURM_CPUS_PER_TASK": "2", "PYTHONPATH": str(repo)}
+    out = tmp_path / "o"
+    args = ["--source", f"cc100:{corpus}", "--out", str(out), "--max-length", "16", "--shard-chars", "100"]
+    done = subprocess.run(
+        ["bash", str(repo / "slurm" / "prepare.sbatch"), *args, "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["last_run"]["workers"] == 2 and set(manifest["languages"]) == {"de", "ru", "zh"}

@@ -1,0 +1,94 @@
+"""What validation during distillation costs, as a fraction of training time, at the defaults.
+
+Prepares the real Wikipedia dump (max_length 256, 5% of the documents held out), builds the default
+run (MiniLM teacher, 3L student, micro batch 32, MiniLMv2) on this machine, times ``--steps`` optimizer
+steps (from the run's own ``tokens_per_s`` log, which excludes checkpoint and validation time) and
+``--batches`` validation batches (``Trainer.validate``), and extrapolates to the defaults
+``train.eval_every`` / ``train.eval_batches``:
+
+    cost = eval_batches x seconds per validation batch / (eval_every x seconds per step)
+
+  .venv/bin/python benchmarks/validation_cost.py               # CPU, fp32: a few minutes on 2 cores
+  .venv/bin/python benchmarks/validation_cost.py --device cuda --precision bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pretrain_distill.assets import wikipedia_dump_path
+from pretrain_distill.config import TrainConfig, load_run_config
+from pretrain_distill.data.prepare import prepare_shards
+from pretrain_distill.engine.distributed import launcher_env_scope
+from pretrain_distill.engine.logging import read_metrics
+from pretrain_distill.engine.signals import PreemptionFlag
+from pretrain_distill.engine.trainer import Trainer
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=4, help="optimizer steps timed (after one warm-up)")
+    parser.add_argument("--batches", type=int, default=4, help="validation batches timed")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32")
+    args = parser.parse_args(argv)
+    defaults = TrainConfig()
+    work = Path(tempfile.mkdtemp(prefix="val-cost-"))
+    shards = work / "shards"
+    prepare_shards(
+        [f"wikipedia:{wikipedia_dump_path()}"], shards, "minilm", 256, workers=1, progress=False,
+        validation_fraction=0.05,
+    )  # fmt: skip
+    overrides = [
+        f"data.shards={shards}",
+        f"train.output_dir={work / 'run'}",
+        f"train.device={args.device}",
+        f"train.precision={args.precision}",
+        f"train.max_steps={args.steps + 1}",
+        "train.log_every=1",
+        "train.save_every=100000",
+        "train.export=false",
+        "train.eval_every=0",
+        "data.num_workers=0",
+    ]
+    cfg = load_run_config(overrides=overrides)
+    with launcher_env_scope(), PreemptionFlag() as flag:
+        trainer = Trainer(cfg)
+        trainer.fit(flag)
+        from pretrain_distill.engine.evaluate import load_validation_batches, validation_dir
+
+        trainer.validation = load_validation_batches(
+            validation_dir(cfg.data), cfg.train.micro_batch_size, args.batches, seed=cfg.train.seed
+        )
+        trainer.validate()  # warm-up
+        start = time.perf_counter()
+        trainer.validate()
+        per_batch = (time.perf_counter() - start) / len(trainer.validation)
+    records = [r for r in read_metrics(work / "run" / "logs" / "metrics.jsonl") if "tokens_per_s" in r]
+    step_seconds = statistics.median(
+        (b["tokens"] - a["tokens"]) / b["tokens_per_s"] for a, b in zip(records, records[1:])
+    )
+    cost = defaults.eval_batches * per_batch / (defaults.eval_every * step_seconds)
+    print(
+        f"\nDevice: {args.device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f}), torch {torch.__version__}, precision {args.precision}; "
+        f"MiniLM teacher, 3L student, MiniLMv2, micro batch {cfg.train.micro_batch_size} x 256.\n"
+    )
+    print("| seconds per training step | seconds per validation batch | eval_every | eval_batches | cost |")
+    print("|---:|---:|---:|---:|---:|")
+    print(
+        f"| {step_seconds:.3f} | {per_batch:.3f} | {defaults.eval_every} | {defaults.eval_batches} "
+        f"| {100 * cost:.2f}% |"
+    )
+
+
+if __name__ == "__main__":
+    main()
