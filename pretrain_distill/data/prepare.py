@@ -41,9 +41,10 @@ import json
 import logging
 import multiprocessing
 import os
+import queue as queue_module
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,37 +156,39 @@ def tokenizer_info(tokenizer: Any) -> tuple[dict[str, Any], str]:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(
-    backend_json: str, settings: Settings, out_dir: str, skip_bad: bool, queue: Any = None
-) -> None:
+def _init_worker(backend_json: str, settings: Settings, out_dir: str) -> None:
+    """Chunk workers: the tokenizer, settings and output directory."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # parallelism comes from the processes
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_str(backend_json)
     tokenizer.no_truncation()  # the teacher's file truncates / pads to 128: packing does both
     tokenizer.no_padding()
-    readers.CONTEXT.skip_bad = skip_bad
     _WORKER.update(tokenizer=tokenizer, settings=settings, out_dir=Path(out_dir))
-    if queue is not None:
-        _WORKER["report"] = queue.put
 
 
-def process_unit(job: Job) -> dict[str, Any]:
-    """Read one unit and write its shards; returns ``{"unit", "records", "bad_input"}``.
+def _init_reader(settings: Settings, skip_bad: bool, chunks: Any, progress: Any, stop: Any) -> None:
+    """Reader processes: they send full chunks and input progress to the driver through queues."""
+    readers.CONTEXT.skip_bad = skip_bad
+    _WORKER.update(settings=settings, chunks=chunks, progress=progress, stop=stop)
 
-    Documents go to per-(split, language) chunks; a chunk is written as soon as it holds
+
+def read_unit(
+    job: Job, settings: Settings, emit: Callable[[Chunk], None], report: Callable[[int], Any]
+) -> dict[str, Any]:
+    """Read one unit into chunks, ``emit`` each; returns ``{"unit", "chunks", "bad_input"}``.
+
+    Documents go to per-(split, language) chunks; a chunk is emitted as soon as it holds
     ``shard_chars`` characters and the partial ones at the end of the unit, so memory is bounded by
     one unit's open chunks. Held-out documents are drawn with a generator seeded by (seed, unit).
+    ``report`` gets the input bytes read since its last call.
     """
-    settings: Settings = _WORKER["settings"]
-    report: Callable[[int], None] = _WORKER.get("report", lambda n: None)
     context = readers.CONTEXT
     context.bytes_read, context.bad = 0, []
     reported = 0
     held_out = np.random.default_rng([settings.seed, job.number, 1])
     fraction = 1.0 if job.validation else settings.validation_fraction
     chunks: dict[tuple[str, str], Chunk] = {}
-    records: list[dict[str, Any]] = []
     count = 0
     try:
         for doc in iter_unit_documents(job.unit):
@@ -197,7 +200,7 @@ def process_unit(job: Job) -> dict[str, Any]:
             chunk.documents.append(doc)
             chunk.chars += len(doc.text)
             if chunk.chars >= settings.shard_chars:
-                records.append(process_chunk(chunks.pop((split, doc.language))))
+                emit(chunks.pop((split, doc.language)))
             if context.bytes_read - reported >= _REPORT_BYTES:
                 report(context.bytes_read - reported)
                 reported = context.bytes_read
@@ -209,9 +212,38 @@ def process_unit(job: Job) -> dict[str, Any]:
         )
         log.warning("skip_bad_input: %s; the rest of this unit is skipped", err)
     for chunk in sorted(chunks.values(), key=lambda c: c.index):
-        records.append(process_chunk(chunk))
+        emit(chunk)
     report(max(job.unit.size - reported, 0))
-    return {"unit": job.number, "records": records, "bad_input": list(context.bad)}
+    return {"unit": job.number, "chunks": count, "bad_input": list(context.bad)}
+
+
+def _read_unit_task(job: Job) -> dict[str, Any]:
+    """A reader process's task: chunks go to the driver's queue (stopping when it says so)."""
+
+    def emit(chunk: Chunk) -> None:
+        while True:
+            try:
+                return _WORKER["chunks"].put(chunk, timeout=0.5)
+            except queue_module.Full:
+                if _WORKER["stop"].is_set():
+                    raise RuntimeError("prepare stopped") from None
+
+    def report(size: int) -> None:
+        _WORKER["progress"].put(size)
+        if _WORKER["stop"].is_set():
+            raise RuntimeError("prepare stopped")
+
+    return read_unit(job, _WORKER["settings"], emit, report)
+
+
+def process_unit(job: Job) -> dict[str, Any]:
+    """Read one unit and write its shards in this process; returns ``{"unit", "records", "bad_input"}``."""
+    records: list[dict[str, Any]] = []
+    result = read_unit(
+        job, _WORKER["settings"], lambda c: records.append(process_chunk(c)), _WORKER["report"]
+    )
+    records.sort(key=lambda r: r["chunk"])
+    return {"unit": job.number, "records": records, "bad_input": result["bad_input"]}
 
 
 def process_chunk(chunk: Chunk) -> dict[str, Any]:
@@ -241,6 +273,8 @@ def process_chunk(chunk: Chunk) -> dict[str, Any]:
     first_empty = empty[0] if empty else None
     return {
         "name": chunk.name,
+        "unit": chunk.unit,
+        "chunk": chunk.index,
         "split": chunk.split,
         "language": chunk.language,
         "sequences": int(len(ids)),
@@ -363,28 +397,64 @@ def prepare_shards(
 
 
 def _run_units(
-    jobs: list[Job], workers: int, init_args: tuple, advance: Callable[[int], Any]
+    jobs: list[Job],
+    workers: int,
+    init_args: tuple[str, Settings, str, bool],
+    advance: Callable[[int], Any],
 ) -> Iterator[dict[str, Any]]:
-    """Results of the units as they finish; workers' input progress goes to ``advance``."""
+    """Results ``{"unit", "records", "bad_input"}`` of the units as they finish (any order).
+
+    One worker: everything in this process. More: up to ``workers`` reader processes read units (in
+    parallel over units) and queue their full chunks; ``workers`` chunk processes strip, tokenize, pack
+    and write them (in parallel within a unit too: one big file still uses every core). At most
+    ``2 x workers`` chunks wait in the queue and ``2 x workers`` are in flight, so memory stays bounded.
+    """
+    backend, settings, out, skip_bad = init_args
     if workers == 1:
-        _init_worker(*init_args)
+        _init_worker(backend, settings, out)
+        readers.CONTEXT.skip_bad = skip_bad
         _WORKER["report"] = advance
         yield from map(process_unit, jobs)
         return
-    queue = multiprocessing.get_context().Queue()
-    pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(*init_args, queue))
+    context = multiprocessing.get_context()
+    chunk_queue, progress, stop = context.Queue(2 * workers), context.Queue(), context.Event()
+    reader_pool = ProcessPoolExecutor(
+        min(workers, len(jobs)), context, _init_reader, (settings, skip_bad, chunk_queue, progress, stop)
+    )
+    chunk_pool = ProcessPoolExecutor(workers, context, _init_worker, (backend, settings, out))
+    units = {job.number: {"records": [], "summary": None} for job in jobs}
     try:
-        pending = {pool.submit(process_unit, job) for job in jobs}
-        while pending:
-            finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            while not queue.empty():
-                advance(queue.get())
+        reading = {reader_pool.submit(_read_unit_task, job) for job in jobs}
+        writing: set[Future] = set()
+        while reading or writing or units:
+            while len(writing) < 2 * workers:
+                try:
+                    writing.add(chunk_pool.submit(process_chunk, chunk_queue.get(timeout=0.05)))
+                except queue_module.Empty:
+                    break
+            finished, _ = wait(reading | writing, timeout=0.2, return_when=FIRST_COMPLETED)
+            while not progress.empty():
+                advance(progress.get())
             for future in finished:
-                yield future.result()
-        while not queue.empty():
-            advance(queue.get())
+                result = future.result()
+                if future in reading:
+                    reading.discard(future)
+                    units[result["unit"]]["summary"] = result
+                else:
+                    writing.discard(future)
+                    units[result["unit"]]["records"].append(result)
+            for number, unit in list(units.items()):
+                summary = unit["summary"]
+                if summary is not None and len(unit["records"]) == summary["chunks"]:
+                    del units[number]
+                    records = sorted(unit["records"], key=lambda r: r["chunk"])
+                    yield {"unit": number, "records": records, "bad_input": summary["bad_input"]}
+        while not progress.empty():
+            advance(progress.get())
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        stop.set()
+        reader_pool.shutdown(wait=True, cancel_futures=True)
+        chunk_pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _check_out_dir(out: Path, settings: Settings) -> dict[str, Any] | None:

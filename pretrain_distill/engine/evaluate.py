@@ -60,7 +60,9 @@ def load_validation_batches(
     stream = ShardStream(shard_dir, batch_size, rank=0, world_size=1, num_workers=0, seed=seed)
     found = stream.manifest["tokenizer"]["sha256"]
     if expect_tokenizer is not None and found != expect_tokenizer:
-        raise ConfigError(f"data.validation: {shard_dir} was prepared with another tokenizer than data.shards")
+        raise ConfigError(
+            f"data.validation: {shard_dir} was prepared with another tokenizer than data.shards"
+        )
     count = min(max_batches, stream.steps_per_epoch)
     if count < world_size:
         raise ConfigError(
