@@ -350,7 +350,7 @@ def prepare_shards(
     out.mkdir(parents=True, exist_ok=True)
     done = _load_progress(out, settings)
     todo = [job for job in jobs if job.number not in done]
-    workers = max(1, min(workers or available_cpus(), max(len(todo), 1)))
+    workers = max(1, workers or available_cpus())  # readers: at most one per unit (_run_units)
     start = time.perf_counter()
     with (
         open(out / PROGRESS, "a") as journal,
