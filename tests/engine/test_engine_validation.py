@@ -161,3 +161,15 @@ def test_two_ranks_validate_like_one(tiny_teacher_dir, held_out_shards, tmp_path
         one = Trainer(tiny_config(tiny_teacher_dir, held_out_shards, tmp_path / "ranks1", *extra))
     assert [i for i, _ in one.validation] == [0, 1, 2, 3, 4]
     assert ranks[0]["values"] == pytest.approx(one.validate(), rel=1e-5)
+
+
+def test_validation_metrics_have_their_own_tensorboard_group():
+    from pretrain_distill.engine.logging import _tb_tag
+
+    assert [_tb_tag(k) for k in ("val_loss", "val_loss_hs", "loss", "loss_hs", "lr")] == [
+        "val/total",
+        "val/hs",
+        "loss/total",
+        "loss/hs",
+        "train/lr",
+    ]
