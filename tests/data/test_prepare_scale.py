@@ -105,6 +105,27 @@ def test_multistream_index_cuts_the_dump_into_ranges_of_whole_pages(small_wiki_d
     assert [d.text for d in iter_documents(source, target_bytes=20_000)] == whole and len(whole) == 10
 
 
+def test_corrupt_stream_of_a_multistream_dump_loses_only_its_pages(small_wiki_dump, tmp_path, tokenizer):
+    dump, index = _multistream(small_wiki_dump, tmp_path)
+    starts = sorted({int(line.split(":")[0]) for line in bz2.open(index, "rt")})
+    _, pages = _wiki_parts(small_wiki_dump)
+    articles = [("<redirect" not in p and "<ns>0</ns>" in p) for p in pages]
+    lost = sum(articles[4:6])  # the third stream holds pages 4 and 5
+    assert lost >= 1
+    data = bytearray(dump.read_bytes())
+    middle = (starts[2] + starts[3]) // 2
+    data[middle : middle + 8] = bytes(b ^ 0xFF for b in data[middle : middle + 8])
+    dump.write_bytes(bytes(data))
+    source = f"wikipedia:{dump}#index={index}"
+    args = dict(tokenizer=tokenizer, max_length=64, workers=1, shard_chars=1, progress=False)
+    with pytest.raises(DataError, match=rf"corrupt bz2 member starting at byte {starts[2]} "):
+        prepare_shards([source], tmp_path / "strict", **args)
+    assert not (tmp_path / "strict" / "manifest.json").exists()
+    manifest = prepare_shards([source], tmp_path / "skip", skip_bad_input=True, **args)
+    assert [b["member_offset"] for b in manifest["bad_input"]] == [starts[2]]
+    assert manifest["totals"]["documents"] == sum(articles) - lost  # every other range kept
+
+
 def _bz2_members(directory, docs_per_member=5, members=3):
     """``text`` corpus: one .txt.bz2 of ``members`` concatenated bz2 members, and the member offsets."""
     path = directory / "corpus.txt.bz2"
