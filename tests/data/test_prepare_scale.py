@@ -292,3 +292,16 @@ def test_prepare_sbatch_uses_the_cpus_of_the_job(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["last_run"]["workers"] == 2 and set(manifest["languages"]) == {"de", "ru", "zh"}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress_counts_input_bytes_to_the_end(tmp_path, tokenizer, capsys, workers):
+    corpus = tmp_path / "c"
+    write_cc100(corpus, {"de": 30, "ru": 30})
+    prepare_shards(
+        [f"cc100:{corpus}"], tmp_path / "o", tokenizer, max_length=16, workers=workers, shard_chars=100
+    )
+    total = sum(p.stat().st_size for p in corpus.iterdir())
+    last = capsys.readouterr().err.strip().split("\r")[-1]
+    assert last.startswith("prepare: 100%") and f"{total}/{total}" in last.replace("B", "").replace(" ", "")
+    assert "units=2/2" in last
