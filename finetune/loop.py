@@ -192,13 +192,22 @@ def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def export_launcher_env() -> None:
-    """Under SLURM ``srun`` with several tasks (no torchrun), export the rank / rendezvous variables
-    the Trainer reads (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``)."""
-    from pretrain_distill.engine.distributed import detect_env
+def uses_cpu(cfg: FinetuneConfig) -> bool:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise FinetuneInputError("device: cuda but no CUDA device is visible (use device auto or cpu)")
+    return cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+
+
+def export_launcher_env(cfg: FinetuneConfig) -> None:
+    """Export the rank / rendezvous variables the Trainer reads (``RANK``, ``WORLD_SIZE``, ...) when the
+    launcher did not: SLURM ``srun`` with several tasks, and DeepSpeed in any launch (it reads them too,
+    and would look for MPI otherwise; its process group is started here, gloo on CPU)."""
+    from pretrain_distill.engine.distributed import detect_env, init_distributed
 
     env = detect_env()
-    if env.launcher == "slurm" and env.world_size > 1:
+    if cfg.deepspeed:
+        init_distributed(env, torch.device("cpu" if uses_cpu(cfg) else f"cuda:{env.local_rank}"))
+    elif env.launcher == "slurm" and env.world_size > 1:
         os.environ.update(
             RANK=str(env.rank),
             WORLD_SIZE=str(env.world_size),
@@ -261,9 +270,7 @@ def training_arguments(
 ) -> TrainingArguments:
     """The Trainer's settings for ``cfg`` (checkpoints under ``out``)."""
     world = world_size()
-    cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise FinetuneInputError("device: cuda but no CUDA device is visible (use device auto or cpu)")
+    cpu = uses_cpu(cfg)
     return TrainingArguments(
         output_dir=str(out),
         per_device_train_batch_size=per_device_batch(cfg, world),

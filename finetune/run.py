@@ -33,6 +33,7 @@ from finetune.loop import (
     is_main_process,
     per_device_batch,
     predict,
+    uses_cpu,
     world_size,
 )
 from finetune.metrics import metric_values, task_score
@@ -98,6 +99,7 @@ def check_inputs(cfg: FinetuneConfig) -> None:
         resolve_model_path(cfg.distill.teacher, "distill.teacher")
     per_device_batch(cfg, world_size())
     deepspeed_config(cfg)
+    uses_cpu(cfg)
 
 
 def load_inputs(cfg: FinetuneConfig) -> tuple[TaskData, dict[str, datasets.Dataset]]:
@@ -184,9 +186,9 @@ def run_seed(cfg: FinetuneConfig, data: TaskData, seed: int, ood: dict[str, data
 
 def run(cfg: FinetuneConfig) -> list[Path]:
     """Every seed of ``cfg`` (inputs checked and data loaded once, first); returns the run directories."""
-    export_launcher_env()
     check_inputs(cfg)
     data, ood = load_inputs(cfg)
+    export_launcher_env(cfg)
     return [run_seed(cfg, data, seed, ood) for seed in cfg.seeds]
 
 
