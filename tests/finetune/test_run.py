@@ -94,7 +94,9 @@ def test_best_epoch_is_restored(tokenizer, tmp_path):
             snapshots.append({k: v.clone() for k, v in obj.state_dict().items()})
             return {"accuracy": 0.5, "score": next(scores)}
 
-        cfg = FinetuneConfig(select=select, lr=1e-2, batch_size=2, progress=False, device="cpu", num_workers=0)
+        cfg = FinetuneConfig(
+            select=select, lr=1e-2, batch_size=2, progress=False, device="cpu", num_workers=0
+        )
         run_dir = tmp_path / select
         result, _ = fit(obj, ds, {"dev": ds}, tokenizer, cfg, 3, 1, run_dir, metrics, "dev")
         assert [r["step"] for r in result.history] == [2, 4, 6]
