@@ -30,6 +30,7 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
+from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from finetune.config import FinetuneConfig, FinetuneInputError
@@ -360,6 +361,7 @@ def fit(
         callbacks=callbacks,
         eval_splits=tuple(evals),
     )
+    trainer.remove_callback(PrinterCallback)  # no dict per log on stdout: the JSONL has them
     trainer.train(resume_from_checkpoint=checkpoint)
     history = [e["evaluation"] for e in trainer.state.log_history if "evaluation" in e]
     selected = history[-1]
