@@ -194,6 +194,7 @@ def read_log(path: Path) -> list[dict]:
 
 
 def uses_cpu(cfg: FinetuneConfig) -> bool:
+    """Whether ``cfg.device`` means the CPU (``auto`` without CUDA); ``cuda`` without a GPU is an error."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise FinetuneInputError("device: cuda but no CUDA device is visible (use device auto or cpu)")
     return cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())

@@ -221,6 +221,10 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path, task_
         "selected_step"
     ]
 
+    log_before = (resumed / "log.jsonl").read_text()
+    assert run(load_finetune_config(overrides=args))[0] == resumed  # a finished run: nothing to redo
+    assert (resumed / "log.jsonl").read_text().startswith(log_before)
+    assert json.loads((resumed / "metrics.json").read_text())["eval"] == m_res["eval"]
     with pytest.raises(ConfigError, match="holds checkpoints of an earlier run"):
         run(load_finetune_config(overrides=[*args, "resume=false"]))
 
