@@ -285,3 +285,23 @@ def test_bad_inputs_fail_before_anything_is_written(tmp_path, task_files, no_dro
         run(load_finetune_config(overrides=args))
     assert "\n" not in str(error.value)
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_task_distillation_on_two_ranks(tmp_path, glue_dir, tiny_encoder_dir, tiny_teacher_dir):
+    """ILD-RTC through the CLI under torchrun: the student's own head gets no gradient (the teacher's
+    classifier is reused), which DDP must be told; the frozen teacher follows the module's device."""
+    root, _ = glue_dir
+    out = tmp_path / "kd"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    cmd += [f"--master_port={free_port()}", "-m", "finetune.cli", "distill", "--method", "ild_rtc"]
+    cmd += ["--teacher", str(tiny_teacher_dir), "--student", str(tiny_encoder_dir), "--task", "sst2"]
+    cmd += ["--seeds", "1", "--data-dir", str(root), "--output-dir", str(out), "--max-steps", "3"]
+    cmd += ["--max-length", "32", "--no-progress", "batch_size=4", "lr=1e-3", "num_workers=0"]
+    done = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-4000:]
+    (metrics_file,) = out.rglob("metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    assert (metrics["method"], metrics["world_size"], metrics["steps"]) == ("ild_rtc", 2, 3)
+    assert {"ce", "kd", "layer", "loss"} == set(metrics["history"][-1]["train"])
+    assert done.stdout.count("epoch 1: accuracy") == 1  # 12 examples, global batch 4: printed by rank 0 only
