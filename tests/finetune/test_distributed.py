@@ -248,18 +248,57 @@ def test_gradient_accumulation_equals_the_full_batch(tmp_path, task_files, no_dr
         run(load_finetune_config(overrides=[*args, "grad_accum=3"]))
 
 
-def test_bf16_logs_tensorboard_and_model_card(tmp_path, task_files, no_dropout_encoder, capsys):
+def test_bf16_eval_steps_logs_and_model_card(tmp_path, task_files, no_dropout_encoder, capsys, monkeypatch):
+    """precision=bf16 trains under bf16 autocast; eval_steps=3 adds a mid-epoch evaluation (a printed
+    line, a history record, a checkpoint); TensorBoard events and the model card are written."""
+    from finetune.kd import FinetuneObjective
+
+    autocast = []
+    forward = FinetuneObjective.forward
+
+    def recording(self, batch):
+        autocast.append(
+            torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        )
+        return forward(self, batch)
+
+    monkeypatch.setattr(FinetuneObjective, "forward", recording)
     args = overrides(no_dropout_encoder, task_files, tmp_path, "precision=bf16", "num_workers=0", "epochs=1")
-    (run_dir,) = run(load_finetune_config(overrides=args))
+    (run_dir,) = run(load_finetune_config(overrides=[*args, "eval_steps=3"]))
+    assert len(autocast) == N_TRAIN // GLOBAL_BATCH and all(autocast)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert 0 <= metrics["eval"]["dev"]["accuracy"] <= 1
+    assert [r["step"] for r in metrics["history"]] == [3, 6]
     assert all(torch.isfinite(torch.tensor(v)) for v in step_losses(run_dir).values())
-    assert f"epoch 1: accuracy {metrics['history'][0]['scores']['dev']:.4f}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    first, last = (r["scores"]["dev"] for r in metrics["history"])
+    assert f"epoch 0.5 (step 3): accuracy {first:.4f}\n" in printed
+    assert f"epoch 1: accuracy {last:.4f}\n" in printed
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     card = (run_dir / "model" / "README.md").read_text()
     assert f"base_model: {no_dropout_encoder}" in card and "seed: 1" in card
     assert f"| dev | accuracy | {metrics['eval']['dev']['accuracy']:.4f} |" in card
     assert metrics["command"] in card
+
+
+def test_rail_layers_are_redrawn_per_epoch_also_after_a_resume():
+    """The Trainer does not know RAIL-KD's per-epoch draw: the callback calls set_epoch(k) at the start
+    of epoch k, also when a resume starts mid-epoch (state.epoch = 1.5 -> 1)."""
+    from transformers import TrainerControl, TrainerState
+
+    from finetune.loop import EvaluationFlow
+
+    class Recorder(torch.nn.Module):
+        epochs: list[int] = []
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epochs.append(epoch)
+
+    module = Recorder()
+    flow = EvaluationFlow(module, eval_steps=0)
+    for epoch in (None, 1.0, 2.0, 1.5, 0.9999999):
+        flow.on_epoch_begin(None, TrainerState(epoch=epoch), TrainerControl())
+    assert module.epochs == [0, 1, 2, 1, 1]
 
 
 @pytest.mark.parametrize(
