@@ -30,8 +30,8 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from finetune.config import FinetuneConfig, FinetuneInputError
 from finetune.metrics import METRIC_NAMES
@@ -167,19 +167,15 @@ class EvaluationFlow(TrainerCallback):
 
 class JsonlLogger(TrainerCallback):
     """Every Trainer log as one JSON line (rank 0). A resumed run first drops the lines written after
-    its checkpoint, so the file reads as one uninterrupted run."""
+    its checkpoint (and a line torn by the kill), so the file reads as one uninterrupted run."""
 
     def __init__(self, path: Path):
         self.path = path
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero and state.global_step > 0 and self.path.is_file():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if json.loads(line)["step"] <= state.global_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [e for e in read_log(self.path) if e["step"] <= state.global_step]
+            self.path.write_text("".join(json.dumps(e) + "\n" for e in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero:
@@ -189,8 +185,14 @@ class JsonlLogger(TrainerCallback):
 
 
 def read_log(path: Path) -> list[dict]:
-    """The entries of a :class:`JsonlLogger` file."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The entries of a :class:`JsonlLogger` file (a line torn by a kill is skipped)."""
+    entries = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
 
 
 def uses_cpu(cfg: FinetuneConfig) -> bool:
@@ -311,14 +313,16 @@ def training_arguments(
 
 
 def resume_checkpoint(out: Path, resume: bool) -> str | None:
-    """The latest checkpoint under ``out`` when resuming; an earlier run's checkpoints with
-    ``resume: false`` are an error (nothing is overwritten silently)."""
-    last = get_last_checkpoint(str(out)) if out.is_dir() else None
-    if last and not resume:
+    """The newest complete checkpoint under ``out`` (the Trainer writes ``trainer_state.json`` last: a
+    folder without it was cut short by a kill and is skipped) when resuming; an earlier run's
+    checkpoints with ``resume: false`` are an error (nothing is overwritten silently)."""
+    folders = out.glob("checkpoint-*") if out.is_dir() else []
+    complete = [p for p in folders if p.name.split("-")[-1].isdigit() and (p / TRAINER_STATE_NAME).is_file()]
+    if complete and not resume:
         raise FinetuneInputError(
             f"{out} holds checkpoints of an earlier run: resume=true continues it, or delete it"
         )
-    return last
+    return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
 
 
 def fit(

@@ -344,3 +344,28 @@ def test_task_distillation_on_two_ranks(tmp_path, glue_dir, tiny_encoder_dir, ti
     assert (metrics["method"], metrics["world_size"], metrics["steps"]) == ("ild_rtc", 2, 3)
     assert {"ce", "kd", "layer", "loss"} == set(metrics["history"][-1]["train"])
     assert done.stdout.count("epoch 1: accuracy") == 1  # 12 examples, global batch 4: printed by rank 0 only
+
+
+def test_a_checkpoint_or_log_line_cut_short_by_a_kill_is_skipped(tmp_path):
+    """The Trainer writes trainer_state.json last: a checkpoint folder without it is incomplete. A log
+    line torn by the kill is dropped when the resumed run trims the log to its checkpoint."""
+    from transformers import TrainerControl, TrainerState
+
+    from finetune.loop import JsonlLogger, resume_checkpoint
+
+    out = tmp_path / "checkpoints"
+    assert resume_checkpoint(out, resume=True) is None
+    for step, complete in ((4, True), (10, True), (12, False)):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        if complete:
+            (out / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert resume_checkpoint(out, resume=True) == str(out / "checkpoint-10")  # 10 > 4 numerically
+    with pytest.raises(ConfigError, match="holds checkpoints of an earlier run"):
+        resume_checkpoint(out, resume=False)
+
+    log = tmp_path / "log.jsonl"
+    log.write_text(
+        "".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 13)) + '{"step": 1'
+    )
+    JsonlLogger(log).on_train_begin(None, TrainerState(global_step=10), TrainerControl())
+    assert [e["step"] for e in read_log(log)] == list(range(1, 11))
