@@ -204,14 +204,12 @@ def uses_cpu(cfg: FinetuneConfig) -> bool:
 
 def export_launcher_env(cfg: FinetuneConfig) -> None:
     """Export the rank / rendezvous variables the Trainer reads (``RANK``, ``WORLD_SIZE``, ...) when the
-    launcher did not: SLURM ``srun`` with several tasks, and DeepSpeed in any launch (it reads them too,
-    and would look for MPI otherwise; its process group is started here, gloo on CPU)."""
-    from pretrain_distill.engine.distributed import detect_env, init_distributed
+    launcher did not: SLURM ``srun`` with several tasks, and DeepSpeed without a launcher (it reads
+    them too, and would look for MPI otherwise)."""
+    from pretrain_distill.engine.distributed import detect_env
 
     env = detect_env()
-    if cfg.deepspeed:
-        init_distributed(env, torch.device("cpu" if uses_cpu(cfg) else f"cuda:{env.local_rank}"))
-    elif env.launcher == "slurm" and env.world_size > 1:
+    if (env.launcher == "slurm" and env.world_size > 1) or (cfg.deepspeed and env.launcher == "none"):
         os.environ.update(
             RANK=str(env.rank),
             WORLD_SIZE=str(env.world_size),
@@ -219,6 +217,14 @@ def export_launcher_env(cfg: FinetuneConfig) -> None:
             MASTER_ADDR=env.master_addr,
             MASTER_PORT=str(env.master_port),
         )
+
+
+def start_deepspeed(cfg: FinetuneConfig) -> None:
+    """DeepSpeed's process group, started the project's way (gloo on CPU, NCCL on GPU; idempotent)."""
+    from pretrain_distill.engine.distributed import detect_env, init_distributed
+
+    env = detect_env()
+    init_distributed(env, torch.device("cpu" if uses_cpu(cfg) else f"cuda:{env.local_rank}"))
 
 
 def world_size() -> int:
@@ -346,6 +352,8 @@ def fit(
         raise FinetuneInputError("nothing to train: the training set is empty")
     out = run_dir / CHECKPOINTS
     checkpoint = resume_checkpoint(out, cfg.resume)
+    if cfg.deepspeed:
+        start_deepspeed(cfg)
     args = training_arguments(cfg, out, seed, epochs, selection_split, find_unused_parameters)
     callbacks: list[TrainerCallback] = [EvaluationFlow(module, cfg.eval_steps)]
     if args.process_index == 0:

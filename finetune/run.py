@@ -27,12 +27,14 @@ from finetune.config import FinetuneConfig
 from finetune.data import encode, limit
 from finetune.kd import FinetuneObjective, TaskDistiller
 from finetune.loop import (
+    CHECKPOINTS,
     deepspeed_config,
     export_launcher_env,
     fit,
     is_main_process,
     per_device_batch,
     predict,
+    resume_checkpoint,
     uses_cpu,
     world_size,
 )
@@ -78,6 +80,11 @@ def merge_predictions(predictions: np.ndarray, spec: TaskSpec, prediction_map: d
     return merge[predictions]
 
 
+def seed_dir(cfg: FinetuneConfig, spec: TaskSpec, seed: int) -> Path:
+    """A seed's run directory: ``output_dir/<task>/<run_name>/seed<k>``."""
+    return Path(cfg.output_dir) / spec.name / run_name(cfg) / f"seed{seed}"
+
+
 def split_metrics(spec: TaskSpec) -> Callable[[EvalPrediction], dict[str, float]]:
     """The Trainer's ``compute_metrics``: the task's official metrics of a split plus its ``score``."""
 
@@ -114,7 +121,7 @@ def load_inputs(cfg: FinetuneConfig) -> tuple[TaskData, dict[str, datasets.Datas
 def run_seed(cfg: FinetuneConfig, data: TaskData, seed: int, ood: dict[str, datasets.Dataset]) -> Path:
     """Train and evaluate one seed; returns its run directory (written by rank 0 only)."""
     spec = data.spec
-    run_dir = Path(cfg.output_dir) / spec.name / run_name(cfg) / f"seed{seed}"
+    run_dir = seed_dir(cfg, spec, seed)
     if not cfg.progress:
         datasets.disable_progress_bars()
     set_seed(seed)
@@ -186,9 +193,11 @@ def run_seed(cfg: FinetuneConfig, data: TaskData, seed: int, ood: dict[str, data
 
 def run(cfg: FinetuneConfig) -> list[Path]:
     """Every seed of ``cfg`` (inputs checked and data loaded once, first); returns the run directories."""
+    export_launcher_env(cfg)
     check_inputs(cfg)
     data, ood = load_inputs(cfg)
-    export_launcher_env(cfg)
+    for seed in cfg.seeds:  # resume: false with an earlier run's checkpoints fails before any seed runs
+        resume_checkpoint(seed_dir(cfg, data.spec, seed) / CHECKPOINTS, cfg.resume)
     return [run_seed(cfg, data, seed, ood) for seed in cfg.seeds]
 
 

@@ -225,8 +225,10 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path, task_
     assert run(load_finetune_config(overrides=args))[0] == resumed  # a finished run: nothing to redo
     assert (resumed / "log.jsonl").read_text().startswith(log_before)
     assert json.loads((resumed / "metrics.json").read_text())["eval"] == m_res["eval"]
+    config_before = (resumed / "config.yaml").read_text()
     with pytest.raises(ConfigError, match="holds checkpoints of an earlier run"):
-        run(load_finetune_config(overrides=[*args, "resume=false"]))
+        run(load_finetune_config(overrides=[*args, "resume=false", "lr=0.5"]))
+    assert (resumed / "config.yaml").read_text() == config_before  # nothing written
 
 
 def test_gradient_accumulation_equals_the_full_batch(tmp_path, task_files, no_dropout_encoder):
