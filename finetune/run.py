@@ -201,11 +201,19 @@ def run(cfg: FinetuneConfig) -> list[Path]:
     return [run_seed(cfg, data, seed, ood) for seed in cfg.seeds]
 
 
+def print_run_dirs(run_dirs: list[Path]) -> None:
+    """The CLI's output: one run directory a line, printed by rank 0 only."""
+    if is_main_process():
+        for run_dir in run_dirs:
+            print(run_dir)
+
+
 __all__ = [
     "build_objective",
     "check_inputs",
     "default_epochs",
     "merge_predictions",
+    "print_run_dirs",
     "run",
     "run_name",
     "run_seed",

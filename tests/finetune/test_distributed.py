@@ -345,6 +345,7 @@ def test_task_distillation_on_two_ranks(tmp_path, glue_dir, tiny_encoder_dir, ti
     metrics = json.loads(metrics_file.read_text())
     assert (metrics["method"], metrics["world_size"], metrics["steps"]) == ("ild_rtc", 2, 3)
     assert {"ce", "kd", "layer", "loss"} == set(metrics["history"][-1]["train"])
+    assert done.stdout.count(f"{metrics_file.parent}\n") == 1  # the CLI's output: rank 0 only
     assert done.stdout.count("epoch 1: accuracy") == 1  # 12 examples, global batch 4: printed by rank 0 only
 
 
