@@ -166,14 +166,15 @@ class EvaluationFlow(TrainerCallback):
 
 
 class JsonlLogger(TrainerCallback):
-    """Every Trainer log as one JSON line (rank 0). A resumed run first drops the lines written after
-    its checkpoint (and a line torn by the kill), so the file reads as one uninterrupted run."""
+    """Every Trainer log as one JSON line (rank 0). A run first drops the lines written after its
+    starting point (all of them for a fresh start; after its checkpoint for a resume, and a line torn by
+    the kill), so the file reads as one uninterrupted run."""
 
     def __init__(self, path: Path):
         self.path = path
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and state.global_step > 0 and self.path.is_file():
+        if state.is_world_process_zero and self.path.is_file():
             kept = [e for e in read_log(self.path) if e["step"] <= state.global_step]
             self.path.write_text("".join(json.dumps(e) + "\n" for e in kept))
 
