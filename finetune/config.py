@@ -13,6 +13,12 @@ from typing import Literal, Optional
 from pretrain_distill.configuration import ConfigError, load_config
 
 
+class FinetuneInputError(ConfigError):
+    """A fine-tuning input that cannot work (missing model directory, task file without the named
+    columns, labels that differ between train and dev, a batch that does not split over the ranks):
+    raised before anything is written."""
+
+
 @dataclass
 class TableConfig:
     """How to read one labelled table (CSV / TSV / JSONL file, or a Hugging Face dataset split)."""
@@ -121,8 +127,14 @@ class FinetuneConfig:
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     # Paper protocol (Appendix D): AdamW at 2e-5, batch 32, 3 epochs (CoLA 6 mono / 10 multi, XNLI 5).
     lr: float = 2e-5
+    # The global (effective) batch: split over the ranks (torchrun / deepspeed) and `grad_accum`
+    # micro-batches, so the protocol does not depend on the number of GPUs. Evaluation batch: per rank.
     batch_size: int = 32
     eval_batch_size: int = 128
+    # Gradient accumulation: micro-batches per optimizer step (batch_size / (ranks * grad_accum) each).
+    grad_accum: int = 1
+    # fp32, or bf16 / fp16 mixed precision (autocast; fp16 with a loss scaler).
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     # Epochs; null = the paper's per-task number (`multilingual` picks CoLA's 10).
     epochs: Optional[float] = None
     multilingual: bool = False
@@ -131,8 +143,23 @@ class FinetuneConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    # Keep the epoch with the best selection-split score ("best") or the last one.
+    # Keep the evaluation with the best selection-split score ("best") or the last one.
     select: Literal["best", "last"] = "best"
+    # The evaluation splits are scored (one printed line, logged) after every epoch and, when > 0,
+    # also every `eval_steps` optimizer steps.
+    eval_steps: int = 0
+    # Checkpoints (run_dir/checkpoints/checkpoint-<step>: weights, optimizer, scheduler, RNG, loader
+    # position) are written at every evaluation and, when > 0, every `save_steps` steps; the newest
+    # `keep_checkpoints` are kept, plus the best one.
+    save_steps: int = 0
+    keep_checkpoints: int = 2
+    # Continue from the newest checkpoint of this run directory when there is one (false: an earlier
+    # run's checkpoints are an error; delete the directory to start over).
+    resume: bool = True
+    # Training loss terms go to run_dir/log.jsonl and run_dir/tensorboard/ every `log_steps` steps.
+    log_steps: int = 50
+    # Data-loader worker processes per rank.
+    num_workers: int = 2
     # Demo / smoke-test limits: first N training / evaluation examples (after a seeded shuffle of
     # train), and a step budget (> 0 stops early).
     max_train_samples: Optional[int] = None
@@ -140,8 +167,8 @@ class FinetuneConfig:
     max_steps: int = 0
     # auto = cuda when present.
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # DeepSpeed JSON config (relative to configs/ or cwd) to wrap the model with deepspeed.initialize
-    # (large models); empty = plain PyTorch.
+    # DeepSpeed JSON config (relative to configs/ or cwd; ZeRO 0-2) handed to the Trainer (its batch,
+    # accumulation and clipping come from this config); empty = plain PyTorch / DDP.
     deepspeed: str = ""
     # Save the (selected) model directory in the run.
     save_model: bool = True
@@ -152,11 +179,24 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
-        for name in ("lr", "batch_size", "eval_batch_size", "max_length"):
+        for name in (
+            "lr",
+            "batch_size",
+            "eval_batch_size",
+            "max_length",
+            "grad_accum",
+            "log_steps",
+            "keep_checkpoints",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
         if self.epochs is not None and self.epochs <= 0:
             raise ConfigError(f"epochs: must be positive, got {self.epochs}")
+        for name in ("eval_steps", "save_steps", "num_workers", "max_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
 
 
 def load_finetune_config(
@@ -172,6 +212,7 @@ __all__ = [
     "DistillConfig",
     "EvalSetConfig",
     "FinetuneConfig",
+    "FinetuneInputError",
     "TableConfig",
     "load_finetune_config",
 ]

@@ -1,11 +1,10 @@
-"""Tokenisation and batching: ``text_a`` / ``text_b`` / ``label`` datasets -> padded tensor batches."""
+"""Tokenisation: ``text_a`` / ``text_b`` / ``label`` datasets -> ``input_ids`` / masks / ``labels``
+(batched with dynamic padding by the Trainer's ``DataCollatorWithPadding``)."""
 
 from __future__ import annotations
 
 import datasets
-import torch
-from torch.utils.data import DataLoader
-from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 
 def encode(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> datasets.Dataset:
@@ -27,17 +26,3 @@ def limit(ds: datasets.Dataset, n: int | None, seed: int | None = None) -> datas
     if n <= 0:
         raise ValueError(f"sample limit must be positive, got {n}")
     return (ds.shuffle(seed=seed) if seed is not None else ds).select(range(n))
-
-
-def make_loader(
-    ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, shuffle: bool, seed: int = 0
-) -> DataLoader:
-    """Dynamic-padding batches of an :func:`encode`-d dataset (seeded order when ``shuffle``)."""
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(
-        ds,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        collate_fn=DataCollatorWithPadding(tokenizer),
-    )

@@ -24,11 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from finetune.run import print_run_dirs
     from finetune.run import run as run_job
 
     cfg = config_from_args(args)
     if not cfg.distill.teacher:
         raise SystemExit("finetune distill: give the fine-tuned teacher (--teacher DIR)")
-    for run_dir in run_job(cfg):
-        print(run_dir)
+    print_run_dirs(run_job(cfg))
     return 0

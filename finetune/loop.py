@@ -1,148 +1,393 @@
-"""The training loop shared by fine-tuning and task distillation: AdamW, linear warmup + decay,
-per-epoch evaluation, best-on-dev or last selection, optional DeepSpeed.
+"""Training on the Hugging Face ``Trainer``: distributed sampling (each example once per epoch across
+ranks, up to the wrap-around of a last uneven global batch), DDP / DeepSpeed, bf16 / fp16, gradient
+accumulation, checkpoints and resume, best-on-dev or last selection, JSONL + TensorBoard logs.
 
-The trained module follows :mod:`finetune.kd`'s interface (``forward(batch)`` -> loss terms,
-``logits(inputs)``, ``set_epoch(epoch)``).
+What stays ours: the objective (:mod:`finetune.kd`: ``forward(batch)`` -> loss terms, ``logits(inputs)``,
+``set_epoch(epoch)``), plugged in through ``compute_loss`` / ``prediction_step``, and a callback that
+evaluates after every epoch (and every ``eval_steps``) and checkpoints at every evaluation so that the
+best one can be restored. Only rank 0 writes (the Trainer's own rule for checkpoints; ours for logs).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
+from transformers import (
+    DataCollatorWithPadding,
+    EvalPrediction,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import PrinterCallback
 
-from finetune.config import FinetuneConfig
+from finetune.config import FinetuneConfig, FinetuneInputError
+from finetune.metrics import METRIC_NAMES
+
+CHECKPOINTS = "checkpoints"
+LOG_FILE = "log.jsonl"
+TENSORBOARD = "tensorboard"
 
 
 @dataclass
 class FitResult:
-    """What :func:`fit` did: per-epoch history, the epoch kept, the steps taken."""
+    """What :func:`fit` did: one record per evaluation, the one kept, the optimizer steps taken."""
 
     history: list[dict] = field(default_factory=list)
-    selected_epoch: int = 0
+    selected_epoch: float = 0
+    selected_step: int = 0
     steps: int = 0
 
 
-@torch.no_grad()
-def predict(module: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Logits ``[N, C]`` and labels ``[N]`` of ``module`` over ``loader`` (eval mode)."""
-    was_training = module.training
-    module.eval()
-    logits, labels = [], []
-    for batch in loader:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits.append(module.logits(batch).float().cpu())
-        labels.append(batch["labels"].cpu())
-    module.train(was_training)
-    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+class TermMeans:
+    """Running means of the objective's loss terms (averaged over ranks when read)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
+        self.count += 1
+
+    def pop(self) -> dict[str, float]:
+        """The means since the last ``pop`` (every rank must call it: it all-reduces), then reset."""
+        if not self.sums:
+            return {}
+        values = torch.stack(list(self.sums.values())) / self.count
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(values)
+            values /= torch.distributed.get_world_size()
+        out = dict(zip(self.sums, values.tolist()))
+        self.sums, self.count = {}, 0
+        return out
 
 
-def _optimizer(module: nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases and LayerNorm weights."""
-    params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-    no_decay = [p for n, p in params if p.ndim < 2]
-    decay = [p for n, p in params if p.ndim >= 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+class ObjectiveTrainer(Trainer):
+    """``Trainer`` whose model is a :mod:`finetune.kd` objective: its total is the loss, its terms are
+    logged (``ce``, ``kd``, ``layer``) and its ``logits`` are what evaluation scores."""
+
+    loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides it by the accumulation steps
+
+    def __init__(self, *args, eval_splits: tuple[str, ...] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_splits = eval_splits
+        self.log_terms, self.eval_terms = TermMeans(), TermMeans()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        terms = model(inputs)
+        loss = terms["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {self.state.global_step + 1}: {loss.item()}")
+        self.log_terms.add(terms)
+        self.eval_terms.add(terms)
+        return (loss, terms) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.accelerator.autocast():
+            logits = self.accelerator.unwrap_model(model).logits(inputs)
+        return None, logits.float(), inputs["labels"]
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log (every rank gets here): add the mean loss terms
+            logs = logs | {f"loss_{k}": v for k, v in self.log_terms.pop().items() if k != "loss"}
+        super().log(logs, start_time)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        if eval_dataset is None and self.is_in_train:  # a training-time evaluation of every split
+            record = {
+                "epoch": round(self.state.epoch or 0.0, 4),
+                "step": self.state.global_step,
+                "train": self.eval_terms.pop(),
+                "scores": {s: metrics[f"{metric_key_prefix}_{s}_score"] for s in self.eval_splits},
+            }
+            self.state.log_history.append({"evaluation": record, "step": record["step"]})  # checkpointed
+            if self.is_world_process_zero():
+                print(evaluation_line(record, metrics, self.eval_splits, metric_key_prefix), flush=True)
+        return metrics
 
 
-def _deepspeed_engine(module, optimizer, scheduler, cfg: FinetuneConfig, device: torch.device):
-    """Wrap with ``deepspeed.initialize``; rank / world come from whichever launcher ran (or none:
-    one process), as in the distillation engine."""
-    import deepspeed
+def evaluation_line(record: dict, metrics: dict, splits: tuple[str, ...], prefix: str = "eval") -> str:
+    """``epoch 2: accuracy 0.8730`` (one split) or ``epoch 2.5 (step 40): dev_matched accuracy 0.8000;
+    dev_mismatched accuracy 0.7900``."""
+    where = f"epoch {record['epoch']:g}"
+    if record["epoch"] != round(record["epoch"]):
+        where += f" (step {record['step']})"
+    parts = []
+    for split in splits:
+        shown = [f"{m} {metrics[k]:.4f}" for m in METRIC_NAMES if (k := f"{prefix}_{split}_{m}") in metrics]
+        parts.append((f"{split} " if len(splits) > 1 else "") + ", ".join(shown))
+    return f"{where}: " + "; ".join(parts)
 
-    from pretrain_distill.configuration import CONFIG_ROOT
+
+class EvaluationFlow(TrainerCallback):
+    """Evaluate after every epoch (also when ``max_steps`` ends one early) and every ``eval_steps``;
+    checkpoint at every evaluation (so the best one exists to restore); redraw the objective's
+    per-epoch choices (RAIL-KD layers) at each epoch start."""
+
+    def __init__(self, module: nn.Module, eval_steps: int):
+        self.module, self.eval_steps = module, eval_steps
+        self.last_eval_step = -1
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.module.set_epoch(math.floor((state.epoch or 0.0) + 1e-6))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.eval_steps and state.global_step % self.eval_steps == 0:
+            control.should_evaluate = control.should_save = True
+        epoch_ends = abs((state.epoch or 0.0) - round(state.epoch or 0.0)) < 1e-6
+        if epoch_ends or state.global_step >= state.max_steps:
+            control.should_evaluate = control.should_save = False  # on_epoch_end does both, once
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.last_eval_step != state.global_step:
+            control.should_evaluate = control.should_save = True
+        return control
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.last_eval_step = state.global_step
+        return control
+
+
+class JsonlLogger(TrainerCallback):
+    """Every Trainer log as one JSON line (rank 0). A run first drops the lines written after its
+    starting point (all of them for a fresh start; after its checkpoint for a resume, and a line torn by
+    the kill), so the file reads as one uninterrupted run."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.path.is_file():
+            kept = [e for e in read_log(self.path) if e["step"] <= state.global_step]
+            self.path.write_text("".join(json.dumps(e) + "\n" for e in kept))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero:
+            entry = {"step": state.global_step, "epoch": state.epoch} | (logs or {})
+            with self.path.open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+
+def read_log(path: Path) -> list[dict]:
+    """The entries of a :class:`JsonlLogger` file (a line torn by a kill is skipped)."""
+    entries = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
+
+
+def uses_cpu(cfg: FinetuneConfig) -> bool:
+    """Whether ``cfg.device`` means the CPU (``auto`` without CUDA); ``cuda`` without a GPU is an error."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise FinetuneInputError("device: cuda but no CUDA device is visible (use device auto or cpu)")
+    return cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+
+
+def export_launcher_env(cfg: FinetuneConfig) -> None:
+    """Export the rank / rendezvous variables the Trainer reads (``RANK``, ``WORLD_SIZE``, ...) when the
+    launcher did not: SLURM ``srun`` with several tasks, and DeepSpeed without a launcher (it reads
+    them too, and would look for MPI otherwise)."""
+    from pretrain_distill.engine.distributed import detect_env
+
+    env = detect_env()
+    if (env.launcher == "slurm" and env.world_size > 1) or (cfg.deepspeed and env.launcher == "none"):
+        os.environ.update(
+            RANK=str(env.rank),
+            WORLD_SIZE=str(env.world_size),
+            LOCAL_RANK=str(env.local_rank),
+            MASTER_ADDR=env.master_addr,
+            MASTER_PORT=str(env.master_port),
+        )
+
+
+def start_deepspeed(cfg: FinetuneConfig) -> None:
+    """DeepSpeed's process group, started the project's way (gloo on CPU, NCCL on GPU; idempotent)."""
     from pretrain_distill.engine.distributed import detect_env, init_distributed
+
+    env = detect_env()
+    init_distributed(env, torch.device("cpu" if uses_cpu(cfg) else f"cuda:{env.local_rank}"))
+
+
+def world_size() -> int:
+    """Processes in the job, from the launcher's variables (torchrun / deepspeed: WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 (the only one that writes)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def per_device_batch(cfg: FinetuneConfig, world: int) -> int:
+    """``batch_size`` is the global batch: split over ``world`` ranks and ``grad_accum`` micro-batches."""
+    parts = world * cfg.grad_accum
+    if cfg.batch_size % parts:
+        raise FinetuneInputError(
+            f"batch_size: the global batch {cfg.batch_size} does not split over {world} rank(s) x "
+            f"grad_accum {cfg.grad_accum}; use a multiple of {parts}"
+        )
+    return cfg.batch_size // parts
+
+
+def deepspeed_config(cfg: FinetuneConfig) -> dict | None:
+    """The DeepSpeed JSON (relative to ``configs/`` or the cwd) with its batch / clipping left to the
+    Trainer ("auto"); ZeRO-3 is rejected (best-epoch selection reloads full weights)."""
+    if not cfg.deepspeed:
+        return None
+    from pretrain_distill.configuration import CONFIG_ROOT
 
     path = next((p for p in (Path(cfg.deepspeed), CONFIG_ROOT / cfg.deepspeed) if p.is_file()), None)
     if path is None:
-        raise FileNotFoundError(f"DeepSpeed config not found: {cfg.deepspeed} (also looked in {CONFIG_ROOT})")
-    ds_config = json.loads(path.read_text())
-    if ds_config.get("zero_optimization", {}).get("stage", 0) >= 3:
-        raise ValueError("fine-tuning supports ZeRO stages 0-2 (best-epoch selection reads full weights)")
-    ds_config.update(
-        train_micro_batch_size_per_gpu=cfg.batch_size,
-        gradient_accumulation_steps=1,
-        gradient_clipping=cfg.grad_clip,
+        raise FinetuneInputError(
+            f"deepspeed: config not found: {cfg.deepspeed} (also looked in {CONFIG_ROOT})"
+        )
+    ds = json.loads(path.read_text())
+    if ds.get("zero_optimization", {}).get("stage", 0) >= 3:
+        raise FinetuneInputError(
+            "deepspeed: fine-tuning supports ZeRO stages 0-2 (best-epoch selection reads full weights)"
+        )
+    for key in (
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "gradient_clipping",
+    ):
+        ds[key] = "auto"
+    return ds
+
+
+def training_arguments(
+    cfg: FinetuneConfig, out: Path, seed: int, epochs: float, selection_split: str, find_unused: bool
+) -> TrainingArguments:
+    """The Trainer's settings for ``cfg`` (checkpoints under ``out``)."""
+    world = world_size()
+    cpu = uses_cpu(cfg)
+    return TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=per_device_batch(cfg, world),
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=epochs,
+        max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        learning_rate=cfg.lr,
+        lr_scheduler_type="linear",
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.grad_clip,
+        bf16=cfg.precision == "bf16",
+        fp16=cfg.precision == "fp16",
+        logging_strategy="steps",
+        logging_steps=cfg.log_steps,
+        eval_strategy="no",  # EvaluationFlow decides
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.keep_checkpoints,
+        metric_for_best_model=f"eval_{selection_split}_score" if cfg.select == "best" else None,
+        greater_is_better=True,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=cpu,
+        ddp_backend="gloo" if cpu and world > 1 else None,
+        ddp_find_unused_parameters=find_unused if world > 1 else None,
+        dataloader_num_workers=cfg.num_workers,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        report_to="none",
+        disable_tqdm=not cfg.progress,
+        deepspeed=deepspeed_config(cfg),
+        log_level="warning",
     )
-    ds_config.pop("train_batch_size", None)
-    init_distributed(detect_env(), device)
-    engine, _, _, _ = deepspeed.initialize(
-        model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
-    )
-    return engine
+
+
+def resume_checkpoint(out: Path, resume: bool) -> str | None:
+    """The newest complete checkpoint under ``out`` (the Trainer writes ``trainer_state.json`` last: a
+    folder without it was cut short by a kill and is skipped) when resuming; an earlier run's
+    checkpoints with ``resume: false`` are an error (nothing is overwritten silently)."""
+    folders = out.glob("checkpoint-*") if out.is_dir() else []
+    complete = [p for p in folders if p.name.split("-")[-1].isdigit() and (p / TRAINER_STATE_NAME).is_file()]
+    if complete and not resume:
+        raise FinetuneInputError(
+            f"{out} holds checkpoints of an earlier run: resume=true continues it, or delete it"
+        )
+    return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
 
 
 def fit(
     module: nn.Module,
-    train_loader: DataLoader,
-    evaluate: Callable[[], dict[str, float]],
+    train: datasets.Dataset,
+    evals: dict[str, datasets.Dataset],
+    tokenizer: PreTrainedTokenizerBase,
     cfg: FinetuneConfig,
     epochs: float,
-    device: torch.device,
-    selection_key: str,
-) -> FitResult:
-    """Train ``module`` for ``epochs`` (or ``cfg.max_steps``), evaluating after every epoch.
+    seed: int,
+    run_dir: Path,
+    compute_metrics: Callable[[EvalPrediction], dict[str, float]],
+    selection_split: str,
+    find_unused_parameters: bool = False,
+) -> tuple[FitResult, ObjectiveTrainer]:
+    """Train ``module`` on ``train``, evaluating every split of ``evals`` after every epoch;
+    ``compute_metrics`` returns the split's metrics and its ``score``. With ``select: best`` the module
+    ends with the weights of the evaluation that scored best on ``selection_split``. Returns the result
+    and the trainer (for further distributed predictions)."""
+    if len(train) == 0:
+        raise FinetuneInputError("nothing to train: the training set is empty")
+    out = run_dir / CHECKPOINTS
+    checkpoint = resume_checkpoint(out, cfg.resume)
+    if cfg.deepspeed:
+        start_deepspeed(cfg)
+    args = training_arguments(cfg, out, seed, epochs, selection_split, find_unused_parameters)
+    callbacks: list[TrainerCallback] = [EvaluationFlow(module, cfg.eval_steps)]
+    if args.process_index == 0:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
 
-    ``evaluate()`` returns split -> score; ``selection_key`` names the split that picks the best epoch.
-    With ``cfg.select == "best"`` the module ends with the best epoch's weights."""
-    module.to(device).train()
-    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(len(train_loader) * epochs)
-    if total <= 0:
-        raise ValueError("nothing to train: the training set is empty")
-    optimizer = _optimizer(module, cfg)
-    scheduler = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total), total)
-    engine = _deepspeed_engine(module, optimizer, scheduler, cfg, device) if cfg.deepspeed else None
-    result, best_score, best_state = FitResult(), -math.inf, None
-    bar = tqdm(total=total, desc="train", disable=not cfg.progress, dynamic_ncols=True)
-    epoch = 0
-    while result.steps < total:
-        epoch += 1
-        module.set_epoch(epoch - 1)
-        sums: dict[str, float] = {}
-        n_batches = 0
-        for batch in train_loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            terms = (engine or module)(batch)
-            loss = terms["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at step {result.steps + 1}: {loss.item()}")
-            if engine is not None:
-                engine.backward(loss)
-                engine.step()
-            else:
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            n_batches += 1
-            result.steps += 1
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
-            if result.steps >= total:
-                break
-        scores = evaluate()
-        result.history.append(
-            {"epoch": epoch, "step": result.steps, "train": {k: v / n_batches for k, v in sums.items()}}
-            | {"scores": scores}
-        )
-        if cfg.select == "last" or scores[selection_key] > best_score:
-            best_score, result.selected_epoch = scores[selection_key], epoch
-            if cfg.select == "best":
-                best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-    bar.close()
-    if best_state is not None and result.selected_epoch != epoch:
-        module.load_state_dict(best_state)
-    return result
+        callbacks += [
+            JsonlLogger(run_dir / LOG_FILE),
+            TensorBoardCallback(SummaryWriter(str(run_dir / TENSORBOARD))),
+        ]
+    trainer = ObjectiveTrainer(
+        model=module,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evals,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+        eval_splits=tuple(evals),
+    )
+    trainer.remove_callback(PrinterCallback)  # no dict per log on stdout: the JSONL has them
+    trainer.train(resume_from_checkpoint=checkpoint)
+    history = [e["evaluation"] for e in trainer.state.log_history if "evaluation" in e]
+    selected = history[-1]
+    best = trainer.state.best_model_checkpoint
+    if cfg.select == "best" and best and trainer.state.best_global_step != trainer.state.global_step:
+        module.load_state_dict(load_file(str(Path(best) / "model.safetensors"), device="cpu"))
+        selected = next(r for r in history if r["step"] == trainer.state.best_global_step)
+    return FitResult(history, selected["epoch"], selected["step"], trainer.state.global_step), trainer
+
+
+def predict(trainer: ObjectiveTrainer, ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Logits ``[N, C]`` and labels ``[N]`` of the trained objective over ``ds`` (all ranks take part
+    and each gets the whole result)."""
+    out = trainer.predict(ds)
+    return out.predictions, out.label_ids

@@ -19,18 +19,19 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from finetune.config import FinetuneInputError
 from finetune.tasks import TaskSpec
 
 
-def resolve_model_path(name: str) -> str:
-    """``"minilm"`` -> the embedded teacher directory; a local path must exist; anything else unchanged."""
+def resolve_model_path(name: str, key: str = "model") -> str:
+    """``"minilm"`` -> the embedded teacher directory; a local path must exist (else a
+    :class:`FinetuneInputError` naming the config ``key``); anything else (a hub id) unchanged."""
     from pretrain_distill.assets import resolve_model_path as resolve_asset
 
     name = resolve_asset(name)
-    if (name.startswith((".", "/", "~")) or Path(name).parent != Path(".")) and not Path(
-        name
-    ).expanduser().exists():
-        raise FileNotFoundError(f"model directory not found: {name}")
+    local = name.startswith((".", "/", "~")) or Path(name).parent != Path(".")
+    if local and not Path(name).expanduser().is_dir():
+        raise FinetuneInputError(f"{key}: model directory not found: {name}")
     return name
 
 

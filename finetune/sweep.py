@@ -69,9 +69,9 @@ def run(args: argparse.Namespace) -> int:
         todo = [todo[args.index]]
     else:  # locally: one job per task with all its seeds (the data is loaded once per task)
         todo = [dataclasses.replace(job, seeds=cfg.seeds) for job in todo[:: len(cfg.seeds)]]
+    from finetune.run import print_run_dirs
     from finetune.run import run as run_job
 
     for job in todo:
-        for run_dir in run_job(job):
-            print(run_dir)
+        print_run_dirs(run_job(job))
     return 0

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import datasets
 
-from finetune.config import ConfigError, CustomTaskConfig, EvalSetConfig, FinetuneConfig, TableConfig
+from finetune.config import (
+    ConfigError,
+    CustomTaskConfig,
+    EvalSetConfig,
+    FinetuneConfig,
+    FinetuneInputError,
+    TableConfig,
+)
 from finetune.metrics import METRIC_NAMES
 
 XNLI_LANGUAGES = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
@@ -232,7 +239,7 @@ def _label_id(raw, labels: Sequence[str], label_map: dict[str, str], where: str)
         return labels.index(value)
     if value.lstrip("-").isdigit() and 0 <= int(value) < len(labels):
         return int(value)
-    raise ValueError(f"{where}: label {raw!r} is not in the label map {list(labels)}")
+    raise FinetuneInputError(f"{where}: label {raw!r} is not in the label map {list(labels)}")
 
 
 def rows_to_dataset(
@@ -376,6 +383,12 @@ def movie_rows() -> list[dict]:
     return rows
 
 
+def _raw_label(row: dict, cfg: CustomTaskConfig) -> str:
+    """A row's label value after ``label_map`` (before the label-id lookup)."""
+    value = str(row[cfg.label_column]).strip()
+    return cfg.label_map.get(value, value)
+
+
 def _custom_data(cfg: CustomTaskConfig, data_dir: str) -> TaskData:
     if not cfg.train_file:
         raise ConfigError("task: custom needs custom.train_file")
@@ -388,12 +401,17 @@ def _custom_data(cfg: CustomTaskConfig, data_dir: str) -> TaskData:
     _require_columns(train_rows, [cfg.label_column], cfg.train_file)
     labels = list(cfg.labels)
     if not labels and cfg.task_type == "classification":
-        values = {
-            cfg.label_map.get(str(r[cfg.label_column]).strip(), str(r[cfg.label_column]).strip())
-            for r in train_rows
-        }
+        values = {_raw_label(r, cfg) for r in train_rows}
         numeric = all(v.lstrip("-").isdigit() for v in values)
         labels = sorted(values, key=int if numeric else str)
+        for split, rows in eval_rows.items():
+            _require_columns(rows, [cfg.label_column], f"{cfg.name}/{split}")
+            unseen = sorted({_raw_label(r, cfg) for r in rows} - values)
+            if unseen:
+                raise FinetuneInputError(
+                    f"{cfg.name}/{split}: label {unseen[0]!r} does not occur in the training labels "
+                    f"{labels}; the label sets differ (list every label in custom.labels)"
+                )
     spec = custom_task_spec(cfg, labels)
     texts = (cfg.text_column, cfg.text_pair_column)
     splits = {"train": train_rows} | eval_rows

@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from finetune.cli import main
 from finetune.config import ConfigError, EvalSetConfig, FinetuneConfig, load_finetune_config
-from finetune.data import encode, make_loader
+from finetune.data import encode
 from finetune.kd import FinetuneObjective
 from finetune.loop import fit
 from finetune.metrics import compute_metrics
@@ -78,28 +78,34 @@ def test_xnli_selects_on_english_dev_and_scores_all_languages(tmp_path, glue_dir
     assert load_task_data(cfg).spec.selection_split == "dev.en"
 
 
-def test_best_epoch_is_restored(tokenizer):
-    """select=best keeps the weights of the epoch with the best selection score, select=last the last."""
+def test_best_epoch_is_restored(tokenizer, tmp_path):
+    """select=best keeps the weights of the evaluation with the best selection score, select=last the
+    last; the history has one record per epoch and checkpoints are made at every evaluation."""
     from datasets import Dataset
 
     ds = encode(
         Dataset.from_dict({"text_a": ["a b", "c d", "e f", "g h"], "label": [0, 1, 0, 1]}), tokenizer, 16
     )
-    loader = make_loader(ds, tokenizer, batch_size=2, shuffle=True)
     for select, keep in (("best", 1), ("last", 2)):
         obj = FinetuneObjective(tiny_classifier(1, 32, vocab_size=30522))
         snapshots, scores = [], iter([0.2, 0.9, 0.1])
 
-        def evaluate(obj=obj, snapshots=snapshots, scores=scores):
+        def metrics(prediction, obj=obj, snapshots=snapshots, scores=scores):
             snapshots.append({k: v.clone() for k, v in obj.state_dict().items()})
-            return {"dev": next(scores)}
+            return {"accuracy": 0.5, "score": next(scores)}
 
-        cfg = FinetuneConfig(select=select, lr=1e-2, progress=False)
-        result = fit(obj, loader, evaluate, cfg, epochs=3, device=torch.device("cpu"), selection_key="dev")
-        assert result.selected_epoch == keep + 1 if select == "best" else result.selected_epoch == 3
+        cfg = FinetuneConfig(
+            select=select, lr=1e-2, batch_size=2, progress=False, device="cpu", num_workers=0
+        )
+        run_dir = tmp_path / select
+        result, _ = fit(obj, ds, {"dev": ds}, tokenizer, cfg, 3, 1, run_dir, metrics, "dev")
+        assert [r["step"] for r in result.history] == [2, 4, 6]
+        assert [r["scores"]["dev"] for r in result.history] == [0.2, 0.9, 0.1]
+        assert result.selected_epoch == (keep + 1 if select == "best" else 3)
         expected = snapshots[keep]
         assert all(torch.equal(v, expected[k]) for k, v in obj.state_dict().items())
         assert not all(torch.equal(v, snapshots[0][k]) for k, v in expected.items())
+        assert (run_dir / "checkpoints" / "checkpoint-4").is_dir()  # the best one is kept
 
 
 @pytest.mark.parametrize("method", ["vanilla", "ild_rtc"])
@@ -172,7 +178,7 @@ def test_config_errors():
         load_finetune_config(overrides=["epochs=-1"])
     with pytest.raises(ConfigError, match="distill.method: expected one of"):
         load_finetune_config(overrides=["distill.method=tinybert"])
-    with pytest.raises(FileNotFoundError, match="model directory not found"):
+    with pytest.raises(ConfigError, match="model: model directory not found"):
         from finetune.modeling import resolve_model_path
 
         resolve_model_path("./no/such/model")

@@ -1,0 +1,374 @@
+"""Fine-tuning as users run it: 2 CPU ranks under torchrun (gloo) see every training example once per
+epoch, end with identical weights and match a 1-rank run with the same global batch; a SIGKILLed run
+resumes to the uninterrupted run's losses; gradient accumulation equals the full batch; bf16 runs;
+bad inputs fail before anything is written. Tiny models (2 layers, 32 wide), 24 examples."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from finetune.config import ConfigError, load_finetune_config
+from finetune.loop import read_log
+from finetune.run import run
+
+from .conftest import sentence, tiny_classifier
+
+REPO = Path(__file__).resolve().parents[2]
+N_TRAIN, GLOBAL_BATCH, EPOCHS = 24, 4, 2
+
+# Records, per rank, the example ids of every training batch (the id is the text's second word) and
+# dumps the objective's final weights.
+RECORDING_WORKER = """
+import json, os, sys, torch
+import finetune.run as runner
+from finetune.config import load_finetune_config
+from finetune.kd import FinetuneObjective
+from transformers import AutoTokenizer
+
+cfg = load_finetune_config(overrides=json.loads(sys.argv[1]))
+tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+rank, seen = int(os.environ.get("RANK", 0)), []
+forward = FinetuneObjective.forward
+def recording(self, batch):
+    if self.training:
+        texts = tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+        seen.append([int(t.split()[1]) for t in texts])
+    return forward(self, batch)
+FinetuneObjective.forward = recording
+fit = runner.fit
+def fit_and_dump(module, *args, **kwargs):
+    result = fit(module, *args, **kwargs)
+    torch.save(module.state_dict(), f"{cfg.output_dir}/weights_rank{rank}.pt")
+    return result
+runner.fit = fit_and_dump
+runner.run(cfg)
+with open(f"{cfg.output_dir}/seen_rank{rank}.json", "w") as f:
+    json.dump(seen, f)
+"""
+
+KILL_AFTER_STEP = """
+import json, os, signal, sys
+from finetune.config import load_finetune_config
+from finetune.loop import JsonlLogger
+from finetune.run import run
+on_log = JsonlLogger.on_log
+def log_then_die(self, args, state, control, logs=None, **kwargs):
+    on_log(self, args, state, control, logs=logs, **kwargs)
+    if state.global_step == int(sys.argv[2]) and "loss" in (logs or {}):
+        os.kill(os.getpid(), signal.SIGKILL)
+JsonlLogger.on_log = log_then_die
+run(load_finetune_config(overrides=json.loads(sys.argv[1])))
+"""
+
+
+@pytest.fixture(scope="module")
+def task_files(tmp_path_factory) -> dict[str, Path]:
+    """A custom CSV task: 24 training and 8 dev sentences, 'item <id> ...', label id % 2."""
+    root = tmp_path_factory.mktemp("task")
+    for split, n, off in (("train", N_TRAIN, 0), ("dev", 8, 100)):
+        rows = [f"item {off + i} {sentence(off + i, 4)},{(off + i) % 2}" for i in range(n)]
+        (root / f"{split}.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    return {"train": root / "train.csv", "dev": root / "dev.csv"}
+
+
+@pytest.fixture(scope="module")
+def no_dropout_encoder(tmp_path_factory, tokenizer) -> Path:
+    """A 2-layer, 32-wide encoder without dropout: runs differ only by summation order."""
+    model = tiny_classifier(2, 32, head=False)
+    model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
+    path = tmp_path_factory.mktemp("no_dropout")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def overrides(model: Path, files: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        f"model={model}",
+        "task=custom",
+        "custom.name=items",
+        f"custom.train_file={files['train']}",
+        f"custom.eval_files={{dev: {files['dev']}}}",
+        "custom.text_column=text",
+        f"output_dir={out}",
+        "seeds=[1]",
+        f"batch_size={GLOBAL_BATCH}",
+        f"epochs={EPOCHS}",
+        "lr=1e-3",
+        "warmup_ratio=0.0",
+        "max_length=16",
+        "num_workers=2",
+        "log_steps=1",
+        "device=cpu",
+        "progress=false",
+        *extra,
+    ]
+
+
+def child_env() -> dict[str, str]:
+    import os
+
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
+    }
+    return env | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in read_log(run_dir / "log.jsonl") if "loss" in e}
+
+
+def run_dir_of(out: Path, model: Path) -> Path:
+    return out / "items" / model.name / "seed1"
+
+
+@pytest.mark.slow
+def test_two_ranks_split_the_data_and_match_one_rank(tmp_path, task_files, no_dropout_encoder):
+    """Tolerance: the 2-rank run's per-step losses, dev scores and final weights equal the 1-rank run's
+    to 1e-5 (same global batch, same sample order; only summation order and per-rank padding differ)."""
+    out2, out1 = tmp_path / "two", tmp_path / "one"
+    out2.mkdir()
+    script = tmp_path / "worker.py"
+    script.write_text(RECORDING_WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    cmd += [f"--master_port={free_port()}", str(script)]
+    cmd += [json.dumps(overrides(no_dropout_encoder, task_files, out2, "select=last"))]
+    done = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    steps_per_epoch = N_TRAIN // GLOBAL_BATCH
+    seen = [json.loads((out2 / f"seen_rank{r}.json").read_text()) for r in (0, 1)]
+    assert [len(s) for s in seen] == [steps_per_epoch * EPOCHS] * 2
+    assert all(len(batch) == GLOBAL_BATCH // 2 for s in seen for batch in s)
+    orders = []
+    for epoch in range(EPOCHS):
+        window = slice(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch)
+        ids = [i for s in seen for batch in s[window] for i in batch]
+        assert sorted(ids) == list(range(N_TRAIN)), f"epoch {epoch}: {sorted(ids)}"  # each exactly once
+        orders.append([i for b0, b1 in zip(seen[0][window], seen[1][window]) for i in b0 + b1])
+    assert orders[0] != orders[1]  # reshuffled per epoch
+
+    rank0, rank1 = (torch.load(out2 / f"weights_rank{r}.pt") for r in (0, 1))
+    assert set(rank0) == set(rank1) and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+
+    one = run(load_finetune_config(overrides=overrides(no_dropout_encoder, task_files, out1, "select=last")))
+    two = run_dir_of(out2, no_dropout_encoder)
+    assert one == [run_dir_of(out1, no_dropout_encoder)]
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one[0], two))
+    assert (m2["world_size"], m1["world_size"], m2["steps"]) == (2, 1, steps_per_epoch * EPOCHS)
+    losses1, losses2 = step_losses(one[0]), step_losses(two)
+    assert sorted(losses2) == list(range(1, steps_per_epoch * EPOCHS + 1))  # one line per step: rank 0 only
+    torch.testing.assert_close(
+        torch.tensor(list(losses2.values())), torch.tensor(list(losses1.values())), rtol=1e-5, atol=1e-6
+    )
+    assert m2["eval"]["dev"] == pytest.approx(m1["eval"]["dev"], abs=1e-5)
+    for r1, r2 in zip(m1["history"], m2["history"]):
+        assert r1["scores"] == pytest.approx(r2["scores"], abs=1e-5)
+        assert r1["train"] == pytest.approx(r2["train"], rel=1e-5)
+    w1, w2 = (load_file(d / "model" / "model.safetensors") for d in (one[0], two))
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path, task_files, tiny_encoder_dir):
+    """Dropout on, 2 loader workers: resuming restores weights, optimizer, scheduler, RNG and the
+    loader position (checkpoints every 2 steps and at each epoch end; killed after step 9 of 12)."""
+    extra = ("save_steps=2", "select=best")
+    reference = run(
+        load_finetune_config(overrides=overrides(tiny_encoder_dir, task_files, tmp_path / "ref", *extra))
+    )[0]
+
+    args = overrides(tiny_encoder_dir, task_files, tmp_path / "killed", *extra)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER_STEP, json.dumps(args), "9"],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run_dir = run_dir_of(tmp_path / "killed", tiny_encoder_dir)
+    assert sorted(step_losses(run_dir)) == list(range(1, 10)) and not (run_dir / "metrics.json").exists()
+    assert (run_dir / "checkpoints" / "checkpoint-8").is_dir()
+
+    resumed = run(load_finetune_config(overrides=args))[0]  # resume: true (default)
+    want, got = step_losses(reference), step_losses(resumed)
+    assert sorted(got) == list(range(1, 13))
+    torch.testing.assert_close(
+        torch.tensor(list(got.values())), torch.tensor(list(want.values())), rtol=1e-5, atol=0
+    )
+    m_ref, m_res = (json.loads((d / "metrics.json").read_text()) for d in (reference, resumed))
+    assert m_res["eval"]["dev"] == pytest.approx(m_ref["eval"]["dev"])
+    assert [r["step"] for r in m_res["history"]] == [6, 12] and m_res["selected_step"] == m_ref[
+        "selected_step"
+    ]
+
+    log_before = (resumed / "log.jsonl").read_text()
+    assert run(load_finetune_config(overrides=args))[0] == resumed  # a finished run: nothing to redo
+    assert (resumed / "log.jsonl").read_text().startswith(log_before)
+    assert json.loads((resumed / "metrics.json").read_text())["eval"] == m_res["eval"]
+    config_before = (resumed / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="holds checkpoints of an earlier run"):
+        run(load_finetune_config(overrides=[*args, "resume=false", "lr=0.5"]))
+    assert (resumed / "config.yaml").read_text() == config_before  # nothing written
+
+
+def test_gradient_accumulation_equals_the_full_batch(tmp_path, task_files, no_dropout_encoder):
+    runs = []
+    for accum in (1, 2):
+        args = overrides(no_dropout_encoder, task_files, tmp_path / f"acc{accum}", f"grad_accum={accum}")
+        args += ["num_workers=0", "max_steps=3", "select=last"]
+        runs.append(run(load_finetune_config(overrides=args))[0])
+    w1, w2 = (load_file(d / "model" / "model.safetensors") for d in runs)
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-5, atol=1e-5, msg=name)
+    torch.testing.assert_close(
+        torch.tensor(list(step_losses(runs[1]).values())),
+        torch.tensor(list(step_losses(runs[0]).values())),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    with pytest.raises(ConfigError, match="does not split over 1 rank"):
+        run(load_finetune_config(overrides=[*args, "grad_accum=3"]))
+
+
+def test_bf16_eval_steps_logs_and_model_card(tmp_path, task_files, no_dropout_encoder, capsys, monkeypatch):
+    """precision=bf16 trains under bf16 autocast; eval_steps=3 adds a mid-epoch evaluation (a printed
+    line, a history record, a checkpoint); TensorBoard events and the model card are written."""
+    from finetune.kd import FinetuneObjective
+
+    autocast = []
+    forward = FinetuneObjective.forward
+
+    def recording(self, batch):
+        autocast.append(
+            torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        )
+        return forward(self, batch)
+
+    monkeypatch.setattr(FinetuneObjective, "forward", recording)
+    args = overrides(no_dropout_encoder, task_files, tmp_path, "precision=bf16", "num_workers=0", "epochs=1")
+    (run_dir,) = run(load_finetune_config(overrides=[*args, "eval_steps=3"]))
+    assert len(autocast) == N_TRAIN // GLOBAL_BATCH and all(autocast)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [r["step"] for r in metrics["history"]] == [3, 6]
+    assert all(torch.isfinite(torch.tensor(v)) for v in step_losses(run_dir).values())
+    printed = capsys.readouterr().out
+    first, last = (r["scores"]["dev"] for r in metrics["history"])
+    assert f"epoch 0.5 (step 3): accuracy {first:.4f}\n" in printed
+    assert f"epoch 1: accuracy {last:.4f}\n" in printed
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    card = (run_dir / "model" / "README.md").read_text()
+    assert f"base_model: {no_dropout_encoder}" in card and "seed: 1" in card
+    assert f"| dev | accuracy | {metrics['eval']['dev']['accuracy']:.4f} |" in card
+    assert metrics["command"] in card
+
+
+def test_rail_layers_are_redrawn_per_epoch_also_after_a_resume():
+    """The Trainer does not know RAIL-KD's per-epoch draw: the callback calls set_epoch(k) at the start
+    of epoch k, also when a resume starts mid-epoch (state.epoch = 1.5 -> 1)."""
+    from transformers import TrainerControl, TrainerState
+
+    from finetune.loop import EvaluationFlow
+
+    class Recorder(torch.nn.Module):
+        epochs: list[int] = []
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epochs.append(epoch)
+
+    module = Recorder()
+    flow = EvaluationFlow(module, eval_steps=0)
+    for epoch in (None, 1.0, 2.0, 1.5, 0.9999999):
+        flow.on_epoch_begin(None, TrainerState(epoch=epoch), TrainerControl())
+    assert module.epochs == [0, 1, 2, 1, 1]
+
+
+@pytest.mark.parametrize(
+    "problem, match",
+    [
+        ("model", "model: model directory not found"),
+        ("column", "no column 'text'"),
+        ("labels", "items/dev: label '7' does not occur in the training labels"),
+    ],
+)
+def test_bad_inputs_fail_before_anything_is_written(tmp_path, task_files, no_dropout_encoder, problem, match):
+    out = tmp_path / "out"
+    args = overrides(no_dropout_encoder, task_files, out)
+    if problem == "model":
+        args.append(f"model={tmp_path / 'missing'}")
+    elif problem == "column":
+        (tmp_path / "train.csv").write_text("sentence,label\na b,0\nc d,1\n")
+        args.append(f"custom.train_file={tmp_path / 'train.csv'}")
+    else:
+        (tmp_path / "dev.csv").write_text("text,label\na b,0\nc d,7\n")
+        args.append(f"custom.eval_files={{dev: {tmp_path / 'dev.csv'}}}")
+    with pytest.raises(ConfigError, match=match) as error:
+        run(load_finetune_config(overrides=args))
+    assert "\n" not in str(error.value)
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_task_distillation_on_two_ranks(tmp_path, glue_dir, tiny_encoder_dir, tiny_teacher_dir):
+    """ILD-RTC through the CLI under torchrun: the student's own head gets no gradient (the teacher's
+    classifier is reused), which DDP must be told; the frozen teacher follows the module's device."""
+    root, _ = glue_dir
+    out = tmp_path / "kd"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    cmd += [f"--master_port={free_port()}", "-m", "finetune.cli", "distill", "--method", "ild_rtc"]
+    cmd += ["--teacher", str(tiny_teacher_dir), "--student", str(tiny_encoder_dir), "--task", "sst2"]
+    cmd += ["--seeds", "1", "--data-dir", str(root), "--output-dir", str(out), "--max-steps", "3"]
+    cmd += ["--max-length", "32", "--no-progress", "batch_size=4", "lr=1e-3", "num_workers=0"]
+    done = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-4000:]
+    (metrics_file,) = out.rglob("metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    assert (metrics["method"], metrics["world_size"], metrics["steps"]) == ("ild_rtc", 2, 3)
+    assert {"ce", "kd", "layer", "loss"} == set(metrics["history"][-1]["train"])
+    assert done.stdout.count(f"{metrics_file.parent}\n") == 1  # the CLI's output: rank 0 only
+    assert done.stdout.count("epoch 1: accuracy") == 1  # 12 examples, global batch 4: printed by rank 0 only
+
+
+def test_a_checkpoint_or_log_line_cut_short_by_a_kill_is_skipped(tmp_path):
+    """The Trainer writes trainer_state.json last: a checkpoint folder without it is incomplete. A log
+    line torn by the kill is dropped when the resumed run trims the log to its checkpoint."""
+    from transformers import TrainerControl, TrainerState
+
+    from finetune.loop import JsonlLogger, resume_checkpoint
+
+    out = tmp_path / "checkpoints"
+    assert resume_checkpoint(out, resume=True) is None
+    for step, complete in ((4, True), (10, True), (12, False)):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        if complete:
+            (out / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert resume_checkpoint(out, resume=True) == str(out / "checkpoint-10")  # 10 > 4 numerically
+    with pytest.raises(ConfigError, match="holds checkpoints of an earlier run"):
+        resume_checkpoint(out, resume=False)
+
+    log = tmp_path / "log.jsonl"
+    log.write_text(
+        "".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 13)) + '{"step": 1'
+    )
+    JsonlLogger(log).on_train_begin(None, TrainerState(global_step=10), TrainerControl())
+    assert [e["step"] for e in read_log(log)] == list(range(1, 11))
