@@ -33,6 +33,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError,
     NotADirectoryError,
     IsADirectoryError,
+    FileExistsError,
 )
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
