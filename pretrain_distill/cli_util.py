@@ -222,13 +222,13 @@ def _run_guarded(
     except SystemExit as stop:  # raise SystemExit("message") = a user mistake a command spotted
         if stop.code is None or isinstance(stop.code, int):
             raise
-        code, message = EXIT_USAGE, one_line(stop).removeprefix(f"{where}: ")
+        failure, code, message = stop, EXIT_USAGE, one_line(stop).removeprefix(f"{where}: ")
     except USER_ERRORS as err:
-        code, message = EXIT_USAGE, one_line(err)
+        failure, code, message = err, EXIT_USAGE, one_line(err)
     except Exception as err:
-        code, message = EXIT_FAILURE, f"{type(err).__name__}: {one_line(err)}"
+        failure, code, message = err, EXIT_FAILURE, f"{type(err).__name__}: {one_line(err)}"
     if debug:
-        traceback.print_exc()
+        traceback.print_exception(failure)
     hint = "" if debug or code == EXIT_USAGE else f" (--debug or {DEBUG_ENV}=1 for the traceback)"
     print(f"{where}: error: {message}{hint}", file=sys.stderr)
     return code
