@@ -42,7 +42,7 @@ def startup_summary(
         f"{cfg.train.grad_accum} accumulation x {world_size} ranks",
         f"length     {total_steps} steps"
         + (f" (resuming at {resumed_step})" if resumed_step else "")
-        + f", ~{tokens / 1e6:.1f}M tokens ({per_sequence:.0f} per sequence in {cfg.data.shards})",
+        + f", ~{tokens:,.0f} tokens ({per_sequence:.0f} per sequence in {cfg.data.shards})",
         f"output     {cfg.train.output_dir}",
     ]
     return "\n".join(lines)
