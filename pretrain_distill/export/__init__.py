@@ -27,7 +27,6 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from pretrain_distill.export.source import ExportSource, resolve_source
@@ -71,9 +70,6 @@ def run(args: argparse.Namespace) -> int:
         license=args.license,
         push_to_hub=args.push_to_hub,
         private=args.private,
-        command=shlex.join(["pretrain-distill", "export", *sys.argv[2:]])
-        if sys.argv[1:2] == ["export"]
-        else None,
     )
     print(out)
     return 0
@@ -112,7 +108,6 @@ def export_run(
     license: str | None = None,
     push_to_hub: str | None = None,
     private: bool = False,
-    command: str | None = None,
 ) -> Path:
     """Export the student of ``checkpoint`` (default: newest complete) to ``out`` (default
     ``run_dir/export``) in format ``fmt``; ``with_mlm_head=None`` keeps the head when it was trained."""
@@ -125,23 +120,17 @@ def export_run(
     source = resolve_source(run_dir, checkpoint)
     out = Path(out) if out is not None else source.run_dir / "export"
     _check_out(out, source)
-    if with_mlm_head is None:
-        with_mlm_head = mlm_head_trained(source.config)
+    head_trained = mlm_head_trained(source.config)
+    with_mlm_head = head_trained if with_mlm_head is None else with_mlm_head
     if with_mlm_head and fmt == "sentence-transformers":
         raise ValueError("--with-mlm-head: the sentence-transformers format holds the base encoder only")
     teacher_name, teacher_dir, hub_id = _teacher(source.config)
-    command = command or shlex.join(
-        [
-            "pretrain-distill",
-            "export",
-            str(source.run_dir),
-            "--checkpoint",
-            str(source.checkpoint),
-            "--out",
-            str(out),
-        ]
-        + (["--format", fmt] if fmt != "transformers" else [])
-    )
+    command = _command(source, out, fmt, with_mlm_head, head_trained, license)
+    if with_mlm_head and not head_trained:
+        print(
+            "export: warning: keeping an MLM head this run did not train (fill-mask output is not meaningful)",
+            file=sys.stderr,
+        )
     print(f"export: {source.describe()} -> {out} ({fmt})", file=sys.stderr)
 
     staging = out.with_name(f".tmp-{out.name}")
@@ -161,7 +150,7 @@ def export_run(
             teacher_dir=teacher_dir,
             hub_id=hub_id,
             fmt=fmt,
-            with_mlm_head=with_mlm_head,
+            mlm_head=("trained" if head_trained else "untrained") if with_mlm_head else None,
             encoder_parameters=encoder_parameter_count(model),
             stored_values=_stored_values(staging),
             license=license,
@@ -181,6 +170,17 @@ def export_run(
     return out
 
 
+def _command(
+    source: ExportSource, out: Path, fmt: str, with_head: bool, head_trained: bool, license: str | None
+) -> str:
+    """The ``pretrain-distill export`` command that writes this export again."""
+    argv = ["pretrain-distill", "export", str(source.run_dir), "--checkpoint", str(source.checkpoint)]
+    argv += ["--out", str(out)] + (["--format", fmt] if fmt != "transformers" else [])
+    if with_head != head_trained:
+        argv.append("--with-mlm-head" if with_head else "--without-mlm-head")
+    return shlex.join(argv + (["--license", license] if license else []))
+
+
 def _stored_values(folder: Path) -> int:
     """Number of values in the directory's safetensors files (tied weights count once: stored once)."""
     from safetensors import safe_open
@@ -197,6 +197,4 @@ def end_of_run(run_dir: Path) -> Path:
     return export_run(run_dir)
 
 
-EndOfRun = Callable[[Path], object]
-
-__all__ = ["FORMATS", "EndOfRun", "end_of_run", "export_run"]
+__all__ = ["FORMATS", "end_of_run", "export_run"]

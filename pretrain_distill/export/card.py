@@ -64,13 +64,13 @@ def model_card(
     teacher_dir: Path | None,
     hub_id: str | None,
     fmt: str,
-    with_mlm_head: bool,
+    mlm_head: str | None,
     encoder_parameters: int,
     stored_values: int,
     license: str | None,
     command: str,
 ) -> ModelCard:
-    """The card of one export (see the module docstring)."""
+    """The card of one export (see the module docstring); ``mlm_head``: None, "trained" or "untrained"."""
     config, state = source.config, source.metadata.get("state", {})
     student, objective = config.get("student", {}), config.get("objective", {})
     train, data = config.get("train", {}), config.get("data", {})
@@ -93,14 +93,14 @@ def model_card(
         base_model=hub_id,
         license=license,
         library_name="sentence-transformers" if fmt == "sentence-transformers" else "transformers",
-        pipeline_tag="fill-mask" if with_mlm_head else PIPELINE[fmt],
+        pipeline_tag="fill-mask" if mlm_head else PIPELINE[fmt],
         tags=["distillation", "task-agnostic-distillation", "pretrain-distill"],
     )
-    head = (
-        "with its MLM head (trained by the objective, or kept on request)"
-        if with_mlm_head
-        else "base encoder, no MLM head (the objective did not train one)"
-    )
+    head = {
+        None: "the base encoder (no MLM head)",
+        "trained": "with the MLM head the objective trained",
+        "untrained": "with an MLM head this run did NOT train (kept on request; fill-mask is not meaningful)",
+    }[mlm_head]
     lines = [
         "# Distilled student",
         "",

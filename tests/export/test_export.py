@@ -152,9 +152,14 @@ def test_mlm_head_kept_when_trained_and_stored_once(tmp_path, tokenizer):
     assert not any(k.startswith("cls.") for k in stored(base))
 
 
-def test_with_mlm_head_keeps_an_untrained_head_on_request(bert_run, tmp_path):
-    assert cli.main(["export", str(bert_run), "--out", str(tmp_path / "m"), "--with-mlm-head"]) == 0
-    assert any(k.startswith("cls.") for k in stored(tmp_path / "m"))
+def test_with_mlm_head_keeps_an_untrained_head_on_request_and_says_so(bert_run, tmp_path, capsys):
+    out = tmp_path / "m"
+    assert cli.main(["export", str(bert_run), "--out", str(out), "--with-mlm-head"]) == 0
+    assert any(k.startswith("cls.") for k in stored(out))
+    assert "keeping an MLM head this run did not train" in capsys.readouterr().err
+    card = (out / "README.md").read_text()
+    assert "MLM head this run did NOT train" in card
+    assert f"--checkpoint {bert_run / 'checkpoints' / 'step_00000004'} --out {out} --with-mlm-head" in card
 
 
 def test_card_names_teacher_data_steps_parameters_and_checkpoint(bert_run, tmp_path, capsys):
