@@ -88,6 +88,7 @@ def model_card(
     terms = ", ".join(f"{k} x {_fmt(w)}" for k, w in objective.get("weights", {}).items())
     sources = ", ".join(f"`{s}`" for s in manifest.get("sources", [])) or f"`{data.get('shards')}`"
     corpus = manifest.get("totals", {}).get("tokens")
+    licence_note = "given at export" if license else "the teacher's; check the training data's terms too"
     license = license or teacher_license(teacher_dir)
     card_data = ModelCardData(
         base_model=hub_id,
@@ -112,13 +113,20 @@ def model_card(
         f"- **Student**: {shape}; init {init}; {encoder_parameters:,} encoder parameters "
         f"(embeddings + layers), {stored_values:,} values stored; {head}",
         f"- **Objective**: {terms}; {objective_settings(objective)}",
-        f"- **Data**: {sources}; {_count(corpus)} tokens in the corpus",
+        f"- **Data**: {sources}; "
+        + (
+            f"{_count(corpus)} tokens in the corpus"
+            if corpus is not None
+            else "corpus size unknown (no manifest)"
+        ),
         f"- **Training**: {source.step} optimizer steps, {state.get('epoch')} completed epochs, "
         f"{_count(state.get('tokens'))} tokens seen; global batch {global_batch} "
         f"(micro {train.get('micro_batch_size')} x accumulation {train.get('grad_accum')} x {world} ranks), "
         f"peak LR {train.get('lr')}, precision {train.get('precision')}",
         f"- **Checkpoint**: `{source.checkpoint}`, step {source.step}, written {source.written_at}",
-        f"- **Licence**: {license or 'not stated by the teacher (check the teacher and the data)'}",
+        f"- **Licence**: {license} ({licence_note})"
+        if license
+        else "- **Licence**: not stated by the teacher (check the teacher's and the data's terms)",
         "",
         "## Commands",
         "",

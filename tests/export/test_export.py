@@ -59,6 +59,9 @@ def make_run(root: Path, tokenizer, model_type="bert", weights="{hs: 1.0}", teac
         ]
     )
     save_config(cfg, run / "config.yaml")
+    manifest = {"sources": ["text:corpus.txt#doc=line"], "totals": {"tokens": 12345, "sequences": 500}}
+    (root / "shards").mkdir(exist_ok=True)
+    (root / "shards" / "manifest.json").write_text(json.dumps(manifest))  # the part the card reads
     store = CheckpointStore(run / "checkpoints", keep_last=5)
     for step in steps:
         torch.manual_seed(step)
@@ -180,7 +183,8 @@ def test_card_names_teacher_data_steps_parameters_and_checkpoint(bert_run, tmp_p
         f"`{checkpoint}`, step 2, written ",
         "| loss_hs | 0.5 |",
         "pretrain-distill export",
-        "**Licence**: apache-2.0",
+        "**Licence**: apache-2.0 (given at export)",
+        "**Data**: `text:corpus.txt#doc=line`; 12,345 (0.01M) tokens in the corpus",
     ):
         assert needle in card.text, needle
     params = sum(
