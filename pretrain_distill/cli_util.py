@@ -167,11 +167,15 @@ def parse(
     if command_parser is None:
         parser.parse_args(argv)  # --help / --version exit here; anything else is an error
         return parser, None
+    # Tokens before the command that the tool does not know belong to the command (the deepspeed
+    # launcher puts --local_rank=N there).
+    own = parser._option_string_actions
+    before = [a for a in argv[:index] if a.split("=", 1)[0] in own]
+    tokens = [a for a in argv[:index] if a.split("=", 1)[0] not in own] + argv[index + 1 :]
     overrides: list[str] = []
-    tokens = argv[index + 1 :]
     if command_parser.get_default("overrides") is not None:
         tokens, overrides = split_overrides(command_parser, tokens)
-    args, extra = parser.parse_known_args(argv[: index + 1] + tokens)
+    args, extra = parser.parse_known_args([*before, chosen, *tokens])
     if extra:
         raise _unknown_arguments(command_parser, extra)
     if hasattr(args, "overrides"):

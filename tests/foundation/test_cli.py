@@ -185,6 +185,14 @@ def test_option_values_are_not_taken_for_overrides():
     assert (cfg.run_name, cfg.seeds, cfg.batch_size) == ("a=b", [4, 5], 8)
 
 
+def test_deepspeed_launchers_local_rank_before_the_command_is_dropped():
+    from pretrain_distill.cli_util import parse
+    from pretrain_distill.engine.train import without_local_rank
+
+    _, args = parse("pretrain-distill", "", distill_cli.COMMANDS, ["--local_rank=1", "train", "a.yaml"], "0")
+    assert args.config == ["a.yaml"] and without_local_rank(args.overrides) == []
+
+
 def test_finetune_sweep_lr_runs_from_the_console(capsys):
     assert finetune_cli.main(["sweep", "--lr", "3e-5", "--tasks", "cola", "--seeds", "1", "--count"]) == 0
     assert capsys.readouterr().out.strip() == "1"
