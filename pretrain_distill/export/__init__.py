@@ -121,9 +121,12 @@ def export_run(
     out = Path(out) if out is not None else source.run_dir / "export"
     _check_out(out, source)
     head_trained = mlm_head_trained(source.config)
-    with_mlm_head = head_trained if with_mlm_head is None else with_mlm_head
-    if with_mlm_head and fmt == "sentence-transformers":
-        raise ValueError("--with-mlm-head: the sentence-transformers format holds the base encoder only")
+    if fmt == "sentence-transformers":  # embeddings: the base encoder, whatever the objective trained
+        if with_mlm_head:
+            raise ValueError("--with-mlm-head: the sentence-transformers format holds the base encoder only")
+        with_mlm_head = False
+    elif with_mlm_head is None:
+        with_mlm_head = head_trained
     teacher_name, teacher_dir, hub_id = _teacher(source.config)
     command = _command(source, out, fmt, with_mlm_head, head_trained, license)
     if with_mlm_head and not head_trained:

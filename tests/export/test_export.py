@@ -150,9 +150,11 @@ def test_mlm_head_kept_when_trained_and_stored_once(tmp_path, tokenizer):
     assert values == sum(unique.values()) + 32 * 32 + 32  # the parameters once, plus the pooler
     card = ModelCard.load(out / "README.md")
     assert card.data.pipeline_tag == "fill-mask"
-    # and the head is dropped on request
+    # and the head is dropped on request, and by the sentence-transformers format
     base = export_run(run, out=tmp_path / "base", with_mlm_head=False)
     assert not any(k.startswith("cls.") for k in stored(base))
+    st = export_run(run, out=tmp_path / "st", fmt="sentence-transformers")
+    assert not any(k.startswith("cls.") for k in stored(st)) and (st / "modules.json").is_file()
 
 
 def test_with_mlm_head_keeps_an_untrained_head_on_request_and_says_so(bert_run, tmp_path, capsys):
