@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,7 +55,12 @@ def resolve_source(run_dir: str | Path, checkpoint: str | Path | None = None) ->
         if checkpoint is None:
             raise FileNotFoundError(f"{run_dir}: no complete checkpoint under checkpoints/ to export")
     checkpoint = Path(checkpoint)
-    metadata = read_metadata(checkpoint)  # FileNotFoundError when incomplete
+    try:
+        metadata = read_metadata(checkpoint)  # FileNotFoundError when incomplete
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{checkpoint / COMPLETE}: not valid JSON ({err}); export another --checkpoint"
+        ) from err
     for needed in ("student/config.json", "config.yaml"):
         if not (checkpoint / needed).is_file():
             raise FileNotFoundError(

@@ -290,6 +290,18 @@ def test_inputs_checked_before_anything_is_written(case, message, bert_run, tmp_
     assert not list(bert_run.glob("export*")) and not list(bert_run.glob(".tmp-*"))
 
 
+def test_a_killed_checkpoint_write_is_skipped_and_a_corrupt_one_named(tmp_path, tokenizer, capsys):
+    run = make_run(tmp_path, tokenizer, steps=(1, 2))
+    (run / "checkpoints" / ".tmp-step_00000003" / "student").mkdir(parents=True)  # killed mid-write
+    assert "1 optimizer steps" not in (export_run(run) / "README.md").read_text()
+    assert "2 optimizer steps" in (run / "export" / "README.md").read_text()
+    (run / "checkpoints" / "step_00000002" / "COMPLETE").write_text("{truncated")
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "step_00000002/COMPLETE: not valid JSON" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "m").exists()
+
+
 def test_reexport_replaces_an_earlier_export(bert_run, tmp_path):
     out = export_run(bert_run, out=tmp_path / "m", checkpoint=bert_run / "checkpoints" / "step_00000002")
     (out / "stale.txt").write_text("from the first export")
