@@ -296,6 +296,7 @@ def test_a_killed_checkpoint_write_is_skipped_and_a_corrupt_one_named(tmp_path, 
     assert "1 optimizer steps" not in (export_run(run) / "README.md").read_text()
     assert "2 optimizer steps" in (run / "export" / "README.md").read_text()
     (run / "checkpoints" / "step_00000002" / "COMPLETE").write_text("{truncated")
+    capsys.readouterr()
     assert cli.main(["export", str(run), "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err.strip()
     assert "step_00000002/COMPLETE: not valid JSON" in err and len(err.splitlines()) == 1
