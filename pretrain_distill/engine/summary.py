@@ -46,3 +46,17 @@ def startup_summary(
         f"output     {cfg.train.output_dir}",
     ]
     return "\n".join(lines)
+
+
+def trainer_summary(trainer: Any) -> str:
+    """:func:`startup_summary` of a built :class:`~pretrain_distill.engine.trainer.Trainer`."""
+    distiller = trainer.distiller
+    return startup_summary(
+        trainer.cfg,
+        distiller.student,
+        distiller.mapping,
+        trainer.total_steps,
+        trainer.dist.world_size,
+        trainer.loader.dataset.manifest,
+        trainer.state.step,
+    )

@@ -36,7 +36,7 @@ from pretrain_distill.engine.logging import MetricsLogger
 from pretrain_distill.engine.schedule import build_lr_scheduler
 from pretrain_distill.engine.signals import PreemptionFlag
 from pretrain_distill.engine.state import TrainState, load_checkpoint, save_checkpoint
-from pretrain_distill.engine.summary import startup_summary
+from pretrain_distill.engine.summary import trainer_summary
 
 
 class Preempted(RuntimeError):
@@ -222,19 +222,6 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
             self.tokenizer.save_pretrained(self.run_dir / "tokenizer")
-        if self.dist.is_main:
-            print(
-                startup_summary(
-                    cfg,
-                    student,
-                    self.distiller.mapping,
-                    self.total_steps,
-                    self.dist.world_size,
-                    load_manifest(cfg.data.shards),
-                    self.state.step,
-                ),
-                flush=True,
-            )
         barrier()
 
     # ------------------------------------------------------------------------------------ the loop
@@ -401,6 +388,8 @@ def train(cfg: RunConfig, on_end: Callable[[Path], object] | None = None) -> Pat
     # Signal handlers go in before the slow start-up, so no preemption signal is lost.
     with launcher_env_scope(), PreemptionFlag() as preemption:
         trainer = Trainer(cfg)
+        if trainer.dist.is_main:
+            print(trainer_summary(trainer), flush=True)
         run_dir = trainer.fit(preemption)
         if on_end is not None and cfg.train.export and trainer.dist.is_main:
             on_end(run_dir)
