@@ -65,14 +65,12 @@ def without_local_rank(overrides: list[str]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     """Errors propagate to the CLI (one line; exit 2 for config / input mistakes, 1 otherwise)."""
     from pretrain_distill.config import RunConfig
-
-    args.overrides = without_local_rank(list(args.overrides))
-    cfg = config_from_args(RunConfig, args)  # before the heavy imports: a typo fails fast
     from pretrain_distill.engine.signals import EXIT_PREEMPTED
     from pretrain_distill.engine.trainer import Preempted, train
 
+    args.overrides = without_local_rank(list(args.overrides))
     try:
-        run_dir = train(cfg, on_end=getattr(args, "end_of_run", None))
+        run_dir = train(config_from_args(RunConfig, args), on_end=getattr(args, "end_of_run", None))
     except Preempted as stop:
         print(f"pretrain-distill train: {stop}", file=sys.stderr)
         return EXIT_PREEMPTED
