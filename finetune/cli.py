@@ -12,7 +12,8 @@ Typical flow:
   finetune train --model minilm --task sst2 --data-dir glue_data --seeds 1 2 3
   finetune distill --teacher runs/finetune/sst2/minilm/seed1/model --student runs/distill/export \\
       --task sst2 --method rail_c --data-dir glue_data
-  finetune sweep --model runs/distill/export --tasks cola sst2 mrpc stsb qqp mnli qnli rte --data-dir glue_data
+  finetune sweep --model runs/distill/export --tasks cola sst2 mrpc stsb qqp mnli qnli rte --data-dir glue_data \\
+      --lr 3e-5                              # any config field as --key value or key=value, anywhere
   finetune report runs/finetune --out reports
 """
 

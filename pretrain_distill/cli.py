@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from pretrain_distill.cli_util import run_cli
 
@@ -28,8 +29,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def export_at_end(run_dir: Path) -> Path:
+    """``train``'s end-of-run hook: the default export (the engine calls it, but does not import export)."""
+    from pretrain_distill.export import end_of_run
+
+    return end_of_run(run_dir)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli("pretrain-distill", DESCRIPTION, COMMANDS, argv)
+    return run_cli("pretrain-distill", DESCRIPTION, COMMANDS, argv, defaults={"end_of_run": export_at_end})
 
 
 if __name__ == "__main__":

@@ -1,58 +1,238 @@
-"""One small mechanism for both console scripts: subcommands whose modules load only when chosen.
+"""One small mechanism for both console scripts: subcommands whose modules load only when chosen, and
+one way of failing.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
 the module docstring is the subcommand's ``--help`` description. ``prog --help`` imports nothing heavy.
+
+A subcommand whose parser declares config arguments (``add_config_arguments``) takes overrides in any
+position: ``key=value``, ``--key value`` and ``--key=value`` for any token that is not one of its own
+options, and ``--config FILE`` as a synonym of a positional YAML file.
+
+Exit codes: 0 done; 2 a user mistake (unknown command or option, bad override or config value, missing
+input file), reported as one line on stderr with a "did you mean" suggestion where one is close; 1 any
+other failure, also one line (``--debug`` or ``DISTILL_DEBUG=1`` prints the traceback as well);
+130 interrupted; a subcommand may return its own code (75: preempted, see ``pretrain-distill train``).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import os
+import re
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+#: Exceptions that mean "the user asked for something that cannot be done" (exit 2): bad values
+#: (ConfigError and DataError are ValueErrors), missing inputs, bad command lines.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    FileExistsError,
+)
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+DEBUG_ENV = "DISTILL_DEBUG"
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.\-]*=")
 
 
-def build_parser(prog: str, description: str, commands: dict[str, tuple[str, str]], chosen: str | None):
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+class UsageError(Exception):
+    """A command line that argparse (or the override pre-parsing) rejected, for the parser ``prog``."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(f"{prog}: error: {message} (see `{prog} --help`)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises :class:`UsageError` instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(self.prog, message)
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """`` (did you mean X?)`` for the closest of ``choices``, or an empty string."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def one_line(err: BaseException) -> str:
+    """The exception's message on one line (multi-line messages joined)."""
+    text = str(err.code if isinstance(err, SystemExit) else err)
+    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(err).__name__
+
+
+def build_parser(
+    prog: str, description: str, commands: dict[str, tuple[str, str]], chosen: str | None, version: str
+) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser | None]:
+    """The top-level parser and, when ``chosen`` names a command, that command's parser."""
+    parser = _Parser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"{prog} {version}")
+    parser.add_argument(
+        "--debug", action="store_true", help=f"print the traceback of a failure (or set {DEBUG_ENV}=1)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    command_parser = None
     for name, (module_name, summary) in commands.items():
         if name == chosen:
             module = importlib.import_module(module_name)
-            p = sub.add_parser(
+            command_parser = sub.add_parser(
                 name,
                 help=summary,
                 description=module.__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                allow_abbrev=False,
             )
-            module.add_arguments(p)
-            p.set_defaults(_run=module.run)
+            module.add_arguments(command_parser)
+            command_parser.set_defaults(_run=module.run)
         else:
             sub.add_parser(name, help=summary)
-    return parser
+    return parser, command_parser
+
+
+def split_overrides(parser: argparse.ArgumentParser, tokens: list[str]) -> tuple[list[str], list[str]]:
+    """Separate a config command's own arguments from its overrides, whatever their order.
+
+    Overrides are ``key=value`` tokens and ``--key value`` / ``--key=value`` for any ``--key`` that is
+    not one of ``parser``'s options; ``--config FILE`` becomes the positional ``FILE``. Returns
+    ``(arguments for argparse, overrides in command-line order)``.
+    """
+    options = parser._option_string_actions
+    args, overrides = [], []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        name = token.split("=", 1)[0]
+        if token == "--":
+            args += tokens[i:]
+            break
+        if name == "--config":
+            if "=" in token:
+                args.append(token.split("=", 1)[1])
+            elif i + 1 < len(tokens):
+                args.append(tokens[i + 1])
+                i += 1
+            else:
+                raise UsageError(parser.prog, "argument --config: expected a YAML file")
+        elif name in options:
+            args.append(token)
+            action = options[name]
+            if "=" not in token and action.nargs in (None, 1) and i + 1 < len(tokens):
+                args.append(tokens[i + 1])  # its value, even if it looks like key=value
+                i += 1
+        elif token.startswith("--") and len(token) > 2:
+            overrides.append(token)
+            if "=" not in token and i + 1 < len(tokens):
+                overrides.append(tokens[i + 1])
+                i += 1
+        elif _OVERRIDE.match(token):
+            overrides.append(token)
+        else:
+            args.append(token)
+        i += 1
+    return args, overrides
+
+
+def _unknown_arguments(parser: argparse.ArgumentParser, extra: list[str]) -> UsageError:
+    first = extra[0]
+    options = [o for o in parser._option_string_actions if o.startswith("--")]
+    hint = did_you_mean(first.split("=", 1)[0], options) if first.startswith("-") else ""
+    return UsageError(parser.prog, f"unrecognized arguments: {' '.join(extra)}{hint}")
+
+
+def parse(
+    prog: str,
+    description: str,
+    commands: dict[str, tuple[str, str]],
+    argv: list[str],
+    version: str,
+    defaults: dict[str, Any] | None = None,
+) -> tuple[argparse.ArgumentParser, argparse.Namespace | None]:
+    """Parse ``argv``; the Namespace is None when no command was given (help is due)."""
+    index = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    chosen = argv[index] if index is not None else None
+    if chosen is not None and chosen not in commands:
+        raise UsageError(prog, f"unknown command {chosen!r}{did_you_mean(chosen, list(commands))}")
+    parser, command_parser = build_parser(prog, description, commands, chosen, version)
+    if command_parser is None:
+        parser.parse_args(argv)  # --help / --version exit here; anything else is an error
+        return parser, None
+    # Tokens before the command that the tool does not know belong to the command (the deepspeed
+    # launcher puts --local_rank=N there).
+    own = parser._option_string_actions
+    before = [a for a in argv[:index] if a.split("=", 1)[0] in own]
+    tokens = [a for a in argv[:index] if a.split("=", 1)[0] not in own] + argv[index + 1 :]
+    overrides: list[str] = []
+    if command_parser.get_default("overrides") is not None:
+        tokens, overrides = split_overrides(command_parser, tokens)
+    args, extra = parser.parse_known_args([*before, chosen, *tokens])
+    if extra:
+        raise _unknown_arguments(command_parser, extra)
+    if hasattr(args, "overrides"):
+        args.overrides = list(args.overrides or []) + overrides
+    for key, value in (defaults or {}).items():
+        setattr(args, key, value)
+    return parser, args
 
 
 def run_cli(
-    prog: str, description: str, commands: dict[str, tuple[str, str]], argv: Sequence[str] | None = None
+    prog: str,
+    description: str,
+    commands: dict[str, tuple[str, str]],
+    argv: Sequence[str] | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> int:
-    """Parse ``argv`` and run the chosen subcommand; returns its exit code."""
+    """Parse ``argv`` and run the chosen subcommand; returns its exit code (see the module docstring).
+
+    ``defaults`` are set on every command's Namespace: the composition root (the tool's ``cli`` module)
+    hands commands their collaborators this way (``pretrain-distill train`` gets the export hook).
+    """
+    from pretrain_distill import __version__
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    chosen = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(prog, description, commands, chosen if chosen in commands else None)
-    if not argv:
-        parser.print_help()
-        return 2
-    args, extra = parser.parse_known_args(argv)
-    if getattr(args, "_run", None) is None:
-        parser.print_help()
-        return 2
-    if extra:
-        if not hasattr(args, "overrides"):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides = list(args.overrides or []) + extra
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]  # accepted anywhere, not taken for an override
     try:
-        return int(args._run(args) or 0)
+        parser, args = parse(prog, description, commands, argv, __version__, defaults)
+    except UsageError as err:
+        print(one_line(err), file=sys.stderr)
+        return EXIT_USAGE
+    if args is None:
+        parser.print_help()
+        return EXIT_USAGE
+    where = f"{prog} {args.command}"
+    return _run_guarded(args._run, args, where, debug)
+
+
+def _run_guarded(
+    run: Callable[[argparse.Namespace], int], args: argparse.Namespace, where: str, debug: bool
+) -> int:
+    """Run a command; a failure becomes one line on stderr and an exit code (module docstring)."""
+    try:
+        return int(run(args) or 0)
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        print(f"{where}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as stop:  # raise SystemExit("message") = a user mistake a command spotted
+        if stop.code is None or isinstance(stop.code, int):
+            raise
+        failure, code, message = stop, EXIT_USAGE, one_line(stop).removeprefix(f"{where}: ")
+    except USER_ERRORS as err:
+        failure, code, message = err, EXIT_USAGE, one_line(err)
+    except Exception as err:
+        failure, code, message = err, EXIT_FAILURE, f"{type(err).__name__}: {one_line(err)}"
+    if debug:
+        traceback.print_exception(failure)
+    hint = "" if debug or code == EXIT_USAGE else f" (--debug or {DEBUG_ENV}=1 for the traceback)"
+    print(f"{where}: error: {message}{hint}", file=sys.stderr)
+    return code

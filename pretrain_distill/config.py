@@ -139,7 +139,8 @@ class TrainConfig:
     # Non-finite losses tolerated (skipped micro-batches, replaced by the next ones) before the run
     # stops with an error naming the step and the loss terms.
     nan_skip_budget: int = 0
-    # Export the student as a Hugging Face model to <output_dir>/export at the end.
+    # Export the student (base encoder; the MLM head too if the objective trained it) to
+    # <output_dir>/export at the end: the end-of-run hook `pretrain-distill train` passes to engine.train.
     export: bool = True
 
 

@@ -236,8 +236,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "config",
         nargs="*",
-        help="YAML config files (composed in order, each with its `defaults:`), then overrides "
-        "`section.key=value` or `--section.key value`.",
+        help="YAML config files (composed in order, each with its `defaults:`; `--config FILE` is the "
+        "same) and overrides `section.key=value` or `--section.key value`, in any order and position.",
     )
     parser.set_defaults(overrides=[])
 

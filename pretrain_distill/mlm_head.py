@@ -83,6 +83,8 @@ def fit_mlm_head(
     dev = resolve_device(device, 0)
     path = resolve_model_path(teacher)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    loader = build_dataloader(DataConfig(shards=shards, num_workers=1), batch_size, 0, 1, seed)
+    check_tokenizer(loader.dataset.manifest, tokenizer)  # the inputs before the (slow) model
     model = AutoModelForMaskedLM.from_pretrained(path).to(dev)
     encoder, head = base_model(model), mlm_head_module(model)
     freeze(model)
@@ -93,8 +95,6 @@ def fit_mlm_head(
     head.train()
     optimizer = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     scheduler = build_lr_scheduler(optimizer, steps, 0.05)
-    loader = build_dataloader(DataConfig(shards=shards, num_workers=1), batch_size, 0, 1, seed)
-    check_tokenizer(loader.dataset.manifest, tokenizer)
     masker = DynamicMasker(tokenizer)
     generator = torch.Generator(device=dev).manual_seed(seed)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")

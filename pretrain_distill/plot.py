@@ -60,6 +60,8 @@ def _figure(records: list[dict], keys: list[str], path: Path, log_scale: bool) -
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Write ``losses.png`` and ``training.png``; returns the paths written."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run directory")
     records = read_metrics(run_dir / "logs" / "metrics.jsonl")
     if not records:
         raise FileNotFoundError(f"{run_dir}: no metrics in logs/metrics.jsonl (has the run logged a step?)")

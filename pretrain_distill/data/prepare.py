@@ -630,24 +630,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        manifest = prepare_shards(
-            args.source,
-            args.out,
-            args.tokenizer,
-            args.max_length,
-            args.workers,
-            args.shard_chars,
-            args.block_size,
-            args.seed,
-            progress=not args.no_progress,
-            validation_fraction=args.validation_fraction,
-            validation_sources=args.validation_source,
-            skip_bad_input=args.skip_bad_input,
-        )
-    except DataError as err:
-        log.error("%s", err)
-        return 1
+    manifest = prepare_shards(  # a DataError ends as one line from the CLI, exit 2
+        args.source,
+        args.out,
+        args.tokenizer,
+        args.max_length,
+        args.workers,
+        args.shard_chars,
+        args.block_size,
+        args.seed,
+        progress=not args.no_progress,
+        validation_fraction=args.validation_fraction,
+        validation_sources=args.validation_source,
+        skip_bad_input=args.skip_bad_input,
+    )
     totals = manifest["totals"]
     print(
         f"{args.out}: {len(manifest['shards'])} shards, {totals['sequences']} sequences, {totals['tokens']} tokens, "

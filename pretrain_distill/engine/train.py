@@ -29,8 +29,11 @@ Launch (the same config everywhere; rank, world size and master address come fro
   pretrain-distill train configs/experiments/bert_base_6l_hs_uniform_last.yaml
   pretrain-distill train configs/experiments/bert_base_6l_od_stage.yaml
 
-Exit codes: 0 done; 1 error (config, data, non-finite loss); 75 preempted by SIGTERM / SIGUSR1 after
-saving a checkpoint (rerun to continue).
+It prints a start-up summary (teacher, student and its parameter count, objective, mapping, global
+batch, steps and tokens, output directory), and at the end exports the student (train.export).
+
+Exit codes: 0 done; 2 a mistake in the config or its inputs (one line naming it); 1 a run-time error
+(non-finite loss, ...); 75 preempted by SIGTERM / SIGUSR1 after saving a checkpoint (rerun to continue).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pretrain_distill.configuration import ConfigError, add_config_arguments, config_from_args
+from pretrain_distill.configuration import add_config_arguments, config_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,19 +63,16 @@ def without_local_rank(overrides: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Errors propagate to the CLI (one line; exit 2 for config / input mistakes, 1 otherwise)."""
     from pretrain_distill.config import RunConfig
     from pretrain_distill.engine.signals import EXIT_PREEMPTED
-    from pretrain_distill.engine.trainer import NonFiniteLossError, Preempted, train
+    from pretrain_distill.engine.trainer import Preempted, train
 
     args.overrides = without_local_rank(list(args.overrides))
     try:
-        cfg = config_from_args(RunConfig, args)
-        run_dir = train(cfg)
+        run_dir = train(config_from_args(RunConfig, args), on_end=getattr(args, "end_of_run", None))
     except Preempted as stop:
         print(f"pretrain-distill train: {stop}", file=sys.stderr)
         return EXIT_PREEMPTED
-    except (ConfigError, NonFiniteLossError, FileNotFoundError, ValueError) as err:
-        print(f"pretrain-distill train: error: {err}", file=sys.stderr)
-        return 1
     print(f"pretrain-distill train: done: {run_dir}")
     return 0

@@ -1,6 +1,6 @@
 """The distillation loop: :func:`train` builds teacher, student, Distiller, data stream and the DeepSpeed
 engine from a :class:`RunConfig`, then trains with periodic atomic checkpoints, exact resume, preemption
-handling, non-finite-loss guarding, progress and metrics, and exports the student at the end.
+handling, non-finite-loss guarding, progress and metrics, and an end-of-run hook (the CLI's export).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import resource
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from pretrain_distill.engine.logging import MetricsLogger
 from pretrain_distill.engine.schedule import build_lr_scheduler
 from pretrain_distill.engine.signals import PreemptionFlag
 from pretrain_distill.engine.state import TrainState, load_checkpoint, save_checkpoint
+from pretrain_distill.engine.summary import trainer_summary
 
 
 class Preempted(RuntimeError):
@@ -358,10 +360,6 @@ class Trainer:
         finally:
             progress.close()
             logger.close()
-        if cfg.export and self.dist.is_main:
-            from pretrain_distill.export import export_run
-
-            export_run(self.run_dir)
         barrier()
         return self.run_dir
 
@@ -416,12 +414,23 @@ def _load_tokenizer(cfg: RunConfig):
     return AutoTokenizer.from_pretrained(resolve_model_path(cfg.teacher.tokenizer or cfg.teacher.path))
 
 
-def train(cfg: RunConfig) -> Path:
+def train(cfg: RunConfig, on_end: Callable[[Path], object] | None = None) -> Path:
     """Run (or resume, per ``train.resume``) a distillation; returns the run directory.
+
+    ``on_end(run_dir)`` runs on the main rank after the final checkpoint when ``train.export`` is set:
+    the end-of-run hook (``pretrain-distill train`` passes :func:`pretrain_distill.export.end_of_run`;
+    the engine does not know about export formats).
 
     Raises :class:`Preempted` after saving a checkpoint on SIGTERM / SIGUSR1, and
     :class:`NonFiniteLossError` when non-finite losses exceed ``train.nan_skip_budget``.
     """
     # Signal handlers go in before the slow start-up, so no preemption signal is lost.
     with launcher_env_scope(), PreemptionFlag() as preemption:
-        return Trainer(cfg).fit(preemption)
+        trainer = Trainer(cfg)
+        if trainer.dist.is_main:
+            print(trainer_summary(trainer), flush=True)
+        run_dir = trainer.fit(preemption)
+        if on_end is not None and cfg.train.export and trainer.dist.is_main:
+            on_end(run_dir)
+        barrier()
+        return run_dir

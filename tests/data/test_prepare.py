@@ -186,7 +186,7 @@ def test_cli_prepare(tmp_path, capsys):
     )
     assert code == 0 and "languages ['zh']" in capsys.readouterr().out
     assert load_manifest(tmp_path / "o")["languages"]["zh"]["documents"] == 10
-    assert cli_main(["prepare", "--source", f"cc100:{tmp_path}/none*.txt", "--out", str(tmp_path / "p")]) == 1
+    assert cli_main(["prepare", "--source", f"cc100:{tmp_path}/none*.txt", "--out", str(tmp_path / "p")]) == 2
 
 
 def test_cli_help_explains_usage(capsys):

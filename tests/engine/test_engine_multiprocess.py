@@ -109,9 +109,9 @@ def test_two_ranks_via_torchrun_end_identical(tiny_teacher_dir, tiny_shards, tmp
     assert read_metadata(latest)["world_size"] == 2
     assert (latest / "rank_00000.pt").is_file() and (latest / "rank_00001.pt").is_file()
     assert [r["step"] for r in read_metrics(out / "logs" / "metrics.jsonl")] == [1, 2, 3, 4]
-    exported = load_file(out / "export" / "model.safetensors")
+    saved = load_file(latest / "student" / "model.safetensors")
     torch.testing.assert_close(
-        exported["bert.embeddings.word_embeddings.weight"], rank0["bert.embeddings.word_embeddings.weight"]
+        saved["bert.embeddings.word_embeddings.weight"], rank0["bert.embeddings.word_embeddings.weight"]
     )
 
 

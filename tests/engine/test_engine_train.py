@@ -17,6 +17,7 @@ from pretrain_distill import cli
 from pretrain_distill.engine import EXIT_PREEMPTED, NonFiniteLossError, Preempted, train
 from pretrain_distill.engine.checkpoint import CheckpointStore, read_metadata
 from pretrain_distill.engine.logging import MetricsLogger, read_metrics
+from pretrain_distill.export import end_of_run
 
 
 def _losses(run_dir, key="loss"):
@@ -26,7 +27,9 @@ def _losses(run_dir, key="loss"):
 @pytest.fixture(scope="module")
 def hs_run(tiny_teacher_dir, tiny_shards, tmp_path_factory):
     """One finished HS run (6 steps, checkpoints at 3 and 6) shared by the layout / export tests."""
-    return train(tiny_config(tiny_teacher_dir, tiny_shards, tmp_path_factory.mktemp("hs") / "run"))
+    return train(
+        tiny_config(tiny_teacher_dir, tiny_shards, tmp_path_factory.mktemp("hs") / "run"), on_end=end_of_run
+    )
 
 
 @pytest.mark.parametrize(
@@ -98,7 +101,7 @@ def test_export_loads_with_automodel_and_has_a_model_card(hs_run, tiny_teacher_d
     assert AutoTokenizer.from_pretrained(hs_run / "export").mask_token == "[MASK]"
     card = (hs_run / "export" / "README.md").read_text()
     for needle in (
-        f"**Teacher**: `{tiny_teacher_dir}`",
+        f"**Teacher (base model)**: `{tiny_teacher_dir.resolve()}`",
         "hs x 1",
         "layer mapping `uniform`",
         "6 optimizer steps",
@@ -141,15 +144,16 @@ def test_od_stage_starts_from_the_hs_checkpoint(hs_run, tiny_teacher_dir, tiny_s
         "train.max_steps=2",
         "train.save_every=100",
     )
-    od_run = train(cfg)
+    od_run = train(cfg, on_end=end_of_run)
     losses = _losses(od_run, "loss_od")
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(v)) for _, v in losses)
-    # with LR 0 the OD student is exactly the HS student it started from
+    # with LR 0 the OD student is exactly the HS student it started from (OD's export adds the MLM head)
     hs = load_file(hs_run / "export" / "model.safetensors")
     od = load_file(od_run / "export" / "model.safetensors")
-    assert set(hs) == set(od)
+    assert set(hs) == {k.removeprefix("bert.") for k in od if k.startswith("bert.")}
+    assert any(k.startswith("cls.") for k in od) and not any(k.startswith("cls.") for k in hs)
     for name in hs:
-        torch.testing.assert_close(od[name], hs[name], rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(od[f"bert.{name}"], hs[name], rtol=0, atol=0, msg=name)
 
 
 def test_init_from_not_found_is_a_config_error(tiny_teacher_dir, tiny_shards, tmp_path, capsys):
@@ -158,7 +162,7 @@ def test_init_from_not_found_is_a_config_error(tiny_teacher_dir, tiny_shards, tm
         *tiny_overrides(tiny_teacher_dir, tiny_shards, tmp_path / "run"),
         f"student.init_from={tmp_path / 'nowhere'}",
     ]
-    assert cli.main(args) == 1
+    assert cli.main(args) == 2
     assert "student.init_from" in capsys.readouterr().err
 
 
@@ -176,12 +180,12 @@ def test_init_from_not_found_is_a_config_error(tiny_teacher_dir, tiny_shards, tm
     ],
     ids=["batch-disagreement", "missing-shards", "bad-resume", "fp16-cpu", "unknown-key"],
 )
-def test_config_errors_exit_1_with_a_message(extra, message, tiny_teacher_dir, tiny_shards, tmp_path, capsys):
+def test_config_errors_exit_2_with_a_message(extra, message, tiny_teacher_dir, tiny_shards, tmp_path, capsys):
     ds_json = tmp_path / "ds.json"
     ds_json.write_text('{"train_micro_batch_size_per_gpu": 16, "zero_optimization": {"stage": 2}}')
     extra = [e.format(json=ds_json, tmp=tmp_path) for e in extra]
     code = cli.main(["train", *tiny_overrides(tiny_teacher_dir, tiny_shards, tmp_path / "run"), *extra])
-    assert code == 1
+    assert code == 2
     assert message in capsys.readouterr().err
 
 

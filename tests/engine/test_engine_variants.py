@@ -13,6 +13,7 @@ from pretrain_distill.configuration import CONFIG_ROOT
 from pretrain_distill.engine import train
 from pretrain_distill.engine.checkpoint import CheckpointStore, read_metadata
 from pretrain_distill.engine.logging import read_metrics
+from pretrain_distill.export import end_of_run
 
 
 def _run(teacher, shards, out, *extra):
@@ -70,7 +71,7 @@ def test_shipped_minilm_experiment_trains_with_the_real_teacher(teacher_dir, tin
             "train.log_every=1",
         ],
     )
-    run_dir = train(cfg)
+    run_dir = train(cfg, on_end=end_of_run)
     records = read_metrics(run_dir / "logs" / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2]
     assert all(r["loss_minilmv2"] > 0 for r in records)

@@ -204,7 +204,7 @@ def test_shipped_configs_validate():
 
 
 @pytest.mark.slow
-def test_deepspeed_wrapped_training_single_process(tmp_path, glue_dir, tiny_encoder_dir):
+def test_deepspeed_wrapped_training_single_process(tmp_path, glue_dir, tiny_encoder_dir, capsys):
     """--deepspeed wraps the module with deepspeed.initialize (ZeRO-0 JSON, one CPU process)."""
     root, _ = glue_dir
     out = tmp_path / "ds"
@@ -223,8 +223,8 @@ def test_deepspeed_wrapped_training_single_process(tmp_path, glue_dir, tiny_enco
     assert main(argv) == 0
     metrics = json.loads(next(out.rglob("metrics.json")).read_text())
     assert metrics["steps"] == 3 and np.isfinite(metrics["history"][0]["train"]["loss"])
-    with pytest.raises(ValueError, match="ZeRO stages 0-2"):
-        main([*argv[: -len(FAST)], "--deepspeed", "deepspeed/zero3.json", *FAST])
+    assert main([*argv[: -len(FAST)], "--deepspeed", "deepspeed/zero3.json", *FAST]) == 2
+    assert "ZeRO stages 0-2" in capsys.readouterr().err
 
 
 def test_classifier_from_an_mlm_export_keeps_the_encoder(tmp_path, tokenizer):
