@@ -131,6 +131,12 @@ class TrainConfig:
     nan_skip_budget: int = 0
     # Export the student as a Hugging Face model to <output_dir>/export at the end.
     export: bool = True
+    # Speed lever: torch.compile every Transformer layer of the student and of the frozen teacher with
+    # this backend ("inductor" on GPU; "aot_eager" traces without code generation) or "none" (eager).
+    # Same losses within float rounding; costs a compilation at start-up (and per new batch shape).
+    # Other levers are fields above: teacher.dtype (bf16 weights), train.micro_batch_size. AdamW is
+    # always torch's fused implementation (its found_inf input skips a non-finite step on the device).
+    compile: str = "none"
 
 
 @dataclass
