@@ -401,7 +401,12 @@ class Trainer:
                 self._train_step(batches, interval)
                 stop = any_rank(preemption.requested)
                 step = self.state.step
-                if stop or step % cfg.log_every == 0 or step % cfg.save_every == 0 or step == self.total_steps:
+                if (
+                    stop
+                    or step % cfg.log_every == 0
+                    or step % cfg.save_every == 0
+                    or step == self.total_steps
+                ):
                     self._settle(interval)  # may wind the step back over skipped (non-finite) steps
                     step = self.state.step
                 progress.update(step - progress.n)
