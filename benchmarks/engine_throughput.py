@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shards", default="", help="prepared shards (default: the Wikipedia dump at --seq)")
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: 2 on GPU, 0 on CPU)")
     p.add_argument("--threads", type=int, default=1, help="CPU only: torch threads")
-    p.add_argument("--out", default="", help="run directories (default: a temporary one)")
+    p.add_argument("--out", default="", help="work folder, shards reused (default: a temporary one)")
     args = p.parse_args(argv)
     for name in filter(None, args.levers.split(",")):
         if name not in LEVERS:
@@ -145,7 +145,9 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
         return teacher_dir, Path(args.shards)
     from pretrain_distill.data import prepare_shards
 
-    shards = work / "shards"
+    shards = work / f"shards-{args.seq}"
+    if (shards / "manifest.json").is_file():  # prepared by an earlier run into the same --out
+        return teacher_dir, shards
     source = f"wikipedia:{wikipedia_dump_path()}"
     prepare_shards([source], shards, tokenizer, max_length=args.seq, workers=1, progress=False)
     return teacher_dir, shards

@@ -16,14 +16,18 @@ checks the norm on the host (``is_invalid_grad_norm`` in ``unscale_and_clip_grad
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import traceback
 from collections import Counter
 
 import pytest
 import torch
-from engine_helpers import tiny_config
+from engine_helpers import REPO, free_port, subprocess_env, tiny_config, tiny_overrides
 
-from pretrain_distill.engine.logging import MetricsLogger
+from pretrain_distill.engine.checkpoint import CheckpointStore, read_metadata
+from pretrain_distill.engine.logging import MetricsLogger, read_metrics
 from pretrain_distill.engine.signals import PreemptionFlag
 from pretrain_distill.engine.trainer import Trainer
 
@@ -182,3 +186,55 @@ def test_no_cuda_sync_between_log_lines(objective, tiny_teacher_dir, tiny_shards
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert seen == [3, 6, 9]
+
+
+POISON_RANK_1 = """
+import json, sys, torch
+from pretrain_distill.config import load_run_config
+from pretrain_distill.engine.signals import PreemptionFlag
+from pretrain_distill.engine.trainer import Trainer
+from pretrain_distill.objectives import Distiller
+original = Distiller.forward
+def forward(self, *args, **kwargs):
+    out = original(self, *args, **kwargs)
+    if trainer.dist.rank == 1 and self.step == 1 and not getattr(self, "poisoned", False):
+        self.poisoned = True  # the first micro-batch of step 2, on rank 1 only
+        out = {k: v * float("nan") for k, v in out.items()}
+    return out
+Distiller.forward = forward
+cfg = load_run_config(overrides=json.loads(sys.argv[1]))
+with PreemptionFlag() as flag:
+    trainer = Trainer(cfg)
+    trainer.fit(flag)
+state = {k: v.detach().clone() for k, v in trainer.distiller.student.state_dict().items()}
+torch.save(state, f"{cfg.train.output_dir}/weights_rank{trainer.dist.rank}.pt")
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_skip_a_step_one_rank_found_non_finite(tiny_teacher_dir, tiny_shards, tmp_path):
+    """Real settings (2 ranks, loader workers, accumulation, log line 1 step after the bad one): both ranks
+    skip step 2 on the device, learn of it at the step-3 log line, redo it, and end identical."""
+    out = tmp_path / "run"
+    extra = ["data.num_workers=2", "train.grad_accum=2", "train.log_every=3", "train.max_steps=4"]
+    extra += ["train.save_every=100", "train.nan_skip_budget=1", "train.export=false"]
+    script = tmp_path / "child.py"
+    script.write_text(POISON_RANK_1)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    cmd += [
+        f"--master_port={free_port()}",
+        str(script),
+        json.dumps(tiny_overrides(tiny_teacher_dir, tiny_shards, out, *extra)),
+    ]
+    done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "non-finite loss at step 2 (micro-batch 2, rank-local terms: hs=" in done.stderr
+    rank0, rank1 = (torch.load(out / f"weights_rank{r}.pt") for r in (0, 1))
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    assert all(torch.isfinite(v).all() for v in rank0.values())
+    state = read_metadata(CheckpointStore(out / "checkpoints", 1).latest())["state"]
+    assert (state["step"], state["nan_skipped"], state["micro_step"]) == (4, 1, 10)  # step 2 redone
+    records = read_metrics(out / "logs" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [3, 4]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
