@@ -58,5 +58,5 @@ def test_engine_throughput_runs_on_cpu(capsys, tiny_shards, tmp_path):
         "| engine + sync",
     ]
     assert rows[0][2] == "1.00" and all(float(r[1].replace(",", "")) > 0 for r in rows)
-    assert all(float(r[4]) > 0 for r in rows[2:])  # the engine rows wrote their checkpoint
+    assert rows[1][3] == "1.00" and all(float(r[5]) > 0 for r in rows[2:])  # engine rows: a checkpoint
     assert (tmp_path / "run-engine" / "logs" / "metrics.jsonl").is_file()
