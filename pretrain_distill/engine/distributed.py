@@ -130,9 +130,14 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def _several_ranks() -> bool:
+    initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return initialized and torch.distributed.get_world_size() > 1
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Element-wise sum over ranks (in place; returns ``values``)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    """Element-wise sum over ranks (in place; returns ``values``); one process launches no collective."""
+    if _several_ranks():
         torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
     return values
 
@@ -154,9 +159,7 @@ def any_rank(flag: bool) -> bool:
     A host-side flag (e.g. a preemption signal) agreed over a gloo group on CPU tensors, so the GPU
     queue is never synchronised with the host; one process needs no collective at all.
     """
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return flag
-    if torch.distributed.get_world_size() == 1:
+    if not _several_ranks():
         return flag
     value = torch.tensor([int(flag)], dtype=torch.int32)
     torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX, group=_host_group())
