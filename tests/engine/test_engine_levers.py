@@ -39,7 +39,7 @@ def _losses_and_grads(distiller: Distiller, ids, mask) -> tuple[dict[str, float]
     losses["loss"].backward()
     # A parameter the loss does not reach has no gradient in eager mode and a zero one when compiled.
     grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in distiller.parameters()]
-    return {k: float(v) for k, v in losses.items()}, grads
+    return {k: float(v.detach()) for k, v in losses.items()}, grads
 
 
 @pytest.mark.parametrize("objective", ["hs", "minilmv2"])
