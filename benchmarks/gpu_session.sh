@@ -46,7 +46,7 @@ case "${1:-}" in
     # the sync-free loop and lever tests on CUDA + the Triton kernels compiled after the refactor, then
     # the engine table (MiniLMv2 6L with every lever, HS 6L), then the OD rows of the bare step.
     versions | tee "$OUT/versions.txt"
-    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/engine/test_engine_sync.py \
+    timeout 150 python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/engine/test_engine_sync.py \
       tests/engine/test_engine_levers.py tests/objectives/test_relations_triton.py 2>&1 | tail -n 15 | tee "$OUT/tests_engine_cuda.txt"
     timeout 240 python3 benchmarks/engine_throughput.py --objective minilmv2 --student 6L --steps 30 \
       --levers sync,compile,teacher-fp32,micro-x2,zero0 --out "$OUT/engine-work" 2>&1 | grep -v '^distill\|Loading\|Writing' | tee "$OUT/engine_minilmv2.md"
