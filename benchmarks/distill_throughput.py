@@ -188,17 +188,21 @@ def naive_step_fn(objective: str, teacher: BertForMaskedLM, student: BertForMask
     return step
 
 
-def ours_step_fn(objective: str, teacher: BertForMaskedLM, student: BertForMaskedLM, args) -> Callable:
+def objective_config(objective: str, relation_heads: int) -> ObjectiveConfig:
+    """HS = Uniform mapping, OD on the masked positions, MiniLMv2 from teacher layer L_T-1."""
     if objective == "hs":
-        cfg = ObjectiveConfig(weights={"hs": 1.0}, mapping="uniform")
-    elif objective == "od":
-        cfg = ObjectiveConfig(weights={"od": 1.0})
-    else:
-        cfg = ObjectiveConfig(
-            weights={"minilmv2": 1.0}, teacher_layer="L_T-1", relation_heads=args.relation_heads
-        )
-    distiller = Distiller(cfg, student, teacher).to(args.device)
-    opt = torch.optim.AdamW(distiller.parameters(), lr=1e-4, betas=(0.9, 0.98))
+        return ObjectiveConfig(weights={"hs": 1.0}, mapping="uniform")
+    if objective == "od":
+        return ObjectiveConfig(weights={"od": 1.0})
+    return ObjectiveConfig(weights={"minilmv2": 1.0}, teacher_layer="L_T-1", relation_heads=relation_heads)
+
+
+def ours_step_fn(
+    objective: str, teacher: BertForMaskedLM, student: BertForMaskedLM, args, fused: bool | None = None
+) -> Callable:
+    """The bare Distiller step; ``fused`` picks torch's AdamW implementation (None: its default)."""
+    distiller = Distiller(objective_config(objective, args.relation_heads), student, teacher).to(args.device)
+    opt = torch.optim.AdamW(distiller.parameters(), lr=1e-4, betas=(0.9, 0.98), fused=fused)
 
     def step(input_ids, mask, labels):
         loss = distiller(input_ids, mask, labels if distiller.needs_masking else None)["loss"]

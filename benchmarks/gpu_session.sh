@@ -6,6 +6,7 @@
 #
 #   bash benchmarks/gpu_session.sh carry-data            # on this machine, first
 #   bash benchmarks/gpu_session.sh bench                 # CUDA tests + throughput + relation-loss memory
+#   bash benchmarks/gpu_session.sh engine                # issue 14: engine vs bare, levers, OD, Triton (< 9 min)
 #   bash benchmarks/gpu_session.sh study LABEL STUDENT [demo options...]   # one demo run, in $OUT/LABEL
 #   bash benchmarks/gpu_session.sh parallel 'LABEL STUDENT [opts]' ...    # several at once, then collect
 # `collect` gathers the runs' scores and last distillation records into $OUT/study.json (and a table).
@@ -39,6 +40,20 @@ case "${1:-}" in
       tests/objectives/test_relations_triton.py tests/data/test_masking.py tests/e2e 2>&1 | tail -n 15 | tee "$OUT/tests_cuda.txt"
     timeout 300 python3 benchmarks/distill_throughput.py 2>&1 | tee "$OUT/distill_throughput.md"
     timeout 180 python3 benchmarks/relation_loss_memory.py --device cuda 2>&1 | tee "$OUT/relation_loss_memory.md"
+    ;;
+  engine)
+    # In priority order, each bounded, so one 10-minute device call gets the most important rows first:
+    # the sync-free loop and lever tests on CUDA + the Triton kernels compiled after the refactor, then
+    # the engine table (MiniLMv2 6L with every lever, HS 6L), then the OD rows of the bare step.
+    versions | tee "$OUT/versions.txt"
+    timeout 150 python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/engine/test_engine_sync.py \
+      tests/engine/test_engine_levers.py tests/objectives/test_relations_triton.py 2>&1 | tail -n 15 | tee "$OUT/tests_engine_cuda.txt"
+    timeout 240 python3 benchmarks/engine_throughput.py --objective minilmv2 --student 6L --steps 30 \
+      --levers sync,compile,teacher-fp32,micro-x2,zero0 --out "$OUT/engine-work" 2>&1 | grep -v '^distill\|Loading\|Writing' | tee "$OUT/engine_minilmv2.md"
+    timeout 100 python3 benchmarks/engine_throughput.py --objective hs --student 6L --steps 30 --levers compile \
+      --out "$OUT/engine-work" 2>&1 | grep -v '^distill\|Loading\|Writing' | tee "$OUT/engine_hs.md"
+    timeout 60 python3 benchmarks/distill_throughput.py --objectives od --students 6L 2>&1 | tee "$OUT/distill_throughput_od.md"
+    rm -rf "$OUT/engine-work"  # checkpoints and shards: not worth bringing back
     ;;
   study)
     label=$2

@@ -142,6 +142,12 @@ class TrainConfig:
     # Export the student (base encoder; the MLM head too if the objective trained it) to
     # <output_dir>/export at the end: the end-of-run hook `pretrain-distill train` passes to engine.train.
     export: bool = True
+    # Speed lever: torch.compile every Transformer layer of the student and of the frozen teacher with
+    # this backend ("inductor" on GPU; "aot_eager" traces without code generation) or "none" (eager).
+    # Same losses within float rounding; costs a compilation at start-up (and per new batch shape).
+    # Other levers are fields above: teacher.dtype (bf16 weights), train.micro_batch_size. AdamW is
+    # always torch's fused implementation (its found_inf input skips a non-finite step on the device).
+    compile: str = "none"
 
 
 @dataclass

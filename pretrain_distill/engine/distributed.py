@@ -130,11 +130,40 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def _several_ranks() -> bool:
+    initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return initialized and torch.distributed.get_world_size() > 1
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Element-wise sum over ranks (in place; returns ``values``)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    """Element-wise sum over ranks (in place; returns ``values``); one process launches no collective."""
+    if _several_ranks():
         torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
     return values
+
+
+_HOST_GROUP: list = []  # the gloo group for host-side flags (created on first use, by every rank)
+
+
+def _host_group():
+    """A gloo process group over all ranks: collectives on CPU tensors that never touch the device."""
+    if not _HOST_GROUP:
+        default_is_gloo = torch.distributed.get_backend() == "gloo"
+        _HOST_GROUP.append(None if default_is_gloo else torch.distributed.new_group(backend="gloo"))
+    return _HOST_GROUP[0]
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is set on any rank (collective: every rank calls it at the same point).
+
+    A host-side flag (e.g. a preemption signal) agreed over a gloo group on CPU tensors, so the GPU
+    queue is never synchronised with the host; one process needs no collective at all.
+    """
+    if not _several_ranks():
+        return flag
+    value = torch.tensor([int(flag)], dtype=torch.int32)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX, group=_host_group())
+    return bool(value.numpy()[0])  # a CPU tensor: reading it never waits for the device
 
 
 @contextlib.contextmanager

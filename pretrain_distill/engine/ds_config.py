@@ -80,6 +80,9 @@ def build_deepspeed_config(train: TrainConfig, world_size: int, device: torch.de
                 f"{source}: {name}.enabled={given!r} disagrees with train.precision={train.precision!r}"
             )
         section["enabled"] = enabled
+    # DeepSpeed's bf16 gradient-overflow check reads a flag on the host at every optimizer step (a device
+    # synchronisation); the trainer's own guard on the loss replaces it without one. A JSON may turn it on.
+    ds["bf16"].setdefault("check_grad_overflow", False)
 
     zero = ds.setdefault("zero_optimization", {})
     if train.zero_stage is not None:

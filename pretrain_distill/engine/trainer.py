@@ -11,7 +11,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from pretrain_distill.engine.checkpoint import CheckpointStore
 from pretrain_distill.engine.distributed import (
     DistEnv,
     all_reduce_sum,
+    any_rank,
     barrier,
     detect_env,
     init_distributed,
@@ -35,6 +36,7 @@ from pretrain_distill.engine.ds_config import build_deepspeed_config
 from pretrain_distill.engine.logging import MetricsLogger
 from pretrain_distill.engine.schedule import build_lr_scheduler
 from pretrain_distill.engine.signals import PreemptionFlag
+from pretrain_distill.engine.speed import compile_layers
 from pretrain_distill.engine.state import TrainState, load_checkpoint, save_checkpoint
 from pretrain_distill.engine.summary import trainer_summary
 
@@ -135,16 +137,35 @@ def _memory_gb(device: torch.device) -> dict[str, float]:
     return {"cpu_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
-def _total_grad_norm(module: torch.nn.Module) -> float:
-    """L2 norm of all gradients of ``module`` (before clipping, as DeepSpeed reports it)."""
+def _total_grad_norm(module: torch.nn.Module) -> torch.Tensor:
+    """L2 norm of all gradients of ``module`` (before clipping, as DeepSpeed reports it), on the device."""
     grads = [p.grad for p in module.parameters() if p.grad is not None]
-    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+
+
+@dataclass
+class _StepRecord:
+    """What one optimizer step left behind, unread: its micro-batches' loss terms and non-finite flags
+    (device tensors) and real-token counts (a CPU tensor summed from the loader's mask)."""
+
+    step: int  # the step's 0-based index when it ran
+    micro_step: int  # its first micro-batch's index
+    terms: torch.Tensor  # [grad_accum, n_terms] this rank's loss terms
+    nonfinite: torch.Tensor  # [grad_accum] ranks whose loss was non-finite (summed over ranks)
+    tokens: torch.Tensor  # [grad_accum] this rank's real tokens (CPU)
 
 
 class _Interval:
-    """Sums over the micro-batches since the last log line."""
+    """The micro-batches since the last log line.
+
+    Steps append a :class:`_StepRecord` to ``pending`` without reading anything; at a boundary (log
+    line, checkpoint, stop) :meth:`Trainer._settle` reads them all at once and folds the good ones into
+    the host-side sums below (loss term sums and micro-batch count of this rank, global tokens).
+    """
 
     def __init__(self) -> None:
+        self.pending: list[_StepRecord] = []
+        self.keys: list[str] = []
         self.reset()
 
     def reset(self) -> None:
@@ -153,13 +174,6 @@ class _Interval:
         self.tokens = 0
         self.wait = 0.0
         self.start = time.perf_counter()
-
-    def add(self, losses: dict[str, float], tokens: int, wait: float) -> None:
-        for key, value in losses.items():
-            self.terms[key] = self.terms.get(key, 0.0) + value
-        self.count += 1
-        self.tokens += tokens
-        self.wait += wait
 
 
 class Trainer:
@@ -196,6 +210,7 @@ class Trainer:
         teacher = build_teacher(cfg.teacher, self.device, needs_mlm_head=needs_teacher_head)
         student = build_student_from_config(student_cfg, teacher)
         self.distiller = Distiller(cfg.objective, student, teacher)
+        compile_layers(self.distiller, cfg.train.compile)
         self.total_steps = total_steps(cfg, len(self.loader))
 
         optimizer = torch.optim.AdamW(
@@ -203,7 +218,9 @@ class Trainer:
             lr=cfg.train.lr,
             betas=tuple(cfg.train.betas),
             eps=cfg.train.eps,
+            fused=True,  # its found_inf input lets the non-finite guard skip a step without a sync
         )
+        self.adamw = optimizer
         scheduler = build_lr_scheduler(optimizer, self.total_steps, cfg.train.warmup_ratio)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.distiller, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
@@ -214,7 +231,7 @@ class Trainer:
         self.measure_grad_norm = not (
             self.engine.zero_optimization() or self.engine.bfloat16_enabled() or self.engine.fp16_enabled()
         )
-        self.grad_norm: float | None = None
+        self.grad_norm: torch.Tensor | None = None
 
         self.state = TrainState()
         if self.resume_from is not None:
@@ -237,7 +254,10 @@ class Trainer:
             self.loader.set_epoch(self.state.epoch)
             self.distiller.set_epoch(self.state.epoch)
 
-    def _micro_step(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+    def _micro_step(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Forward one micro-batch: its loss terms, and its real-token count summed from the loader's CPU mask
+        (a CPU tensor: counting on the host needs no device work and no synchronisation)."""
+        tokens = batch["attention_mask"].sum()
         input_ids = batch["input_ids"].to(self.device, non_blocking=True)
         attention_mask = batch["attention_mask"].to(self.device, non_blocking=True)
         labels = None
@@ -246,32 +266,92 @@ class Trainer:
             generator.manual_seed(mask_seed(self.cfg.train.seed, self.state.micro_step, self.dist.rank))
             input_ids, labels = self.masker(input_ids, attention_mask, generator)
         losses = self.engine(input_ids, attention_mask, labels)
-        return losses, int(attention_mask.sum())
+        return losses, tokens
 
-    def _agree(self, losses: dict[str, torch.Tensor], stop: bool, tokens: int) -> tuple[bool, bool, int]:
-        """One collective per micro-batch: (loss finite on all ranks, any rank asked to stop, global tokens)."""
-        flags = torch.tensor(
-            [0.0 if bool(torch.isfinite(losses["loss"].detach())) else 1.0, float(stop), float(tokens)],
-            dtype=torch.float64,
-            device=self.device,
-        )
-        nonfinite, stops, total = all_reduce_sum(flags).tolist()
-        return nonfinite == 0.0, stops > 0.0, int(total)
+    def _train_step(self, batches, interval: _Interval) -> None:
+        """One optimizer step over ``grad_accum`` micro-batches, with no host-device synchronisation.
 
-    def _on_non_finite(self, losses: dict[str, torch.Tensor]) -> None:
+        Each micro-batch's loss terms stay on the device. At the accumulation boundary the step's
+        non-finite flags are summed over ranks (a device collective) and handed to the fused AdamW as
+        ``found_inf``: if any rank's loss was NaN/inf, the update is skipped on the device (weights,
+        moments and Adam's step count unchanged, as with a GradScaler). The host learns of it at the
+        next boundary (:meth:`_settle`), which counts, warns or stops, and redoes the step.
+        """
+        terms, tokens = [], []
+        first_micro = self.state.micro_step
+        for index in range(self.cfg.train.grad_accum):
+            start = time.perf_counter()
+            batch = next(batches)
+            interval.wait += time.perf_counter() - start
+            losses, local_tokens = self._micro_step(batch)
+            interval.keys = list(losses)
+            terms.append(torch.stack([v.detach().float() for v in losses.values()]))
+            tokens.append(local_tokens)
+            self.state.micro_step += 1
+            self.engine.backward(losses["loss"])
+            if index == self.cfg.train.grad_accum - 1:  # DeepSpeed's accumulation boundary
+                step_terms = torch.stack(terms)
+                loss_column = step_terms[:, interval.keys.index("loss")]
+                nonfinite = all_reduce_sum((~torch.isfinite(loss_column)).float())
+                self.adamw.found_inf = (nonfinite.sum() > 0).float()
+                if self.measure_grad_norm:
+                    self.grad_norm = _total_grad_norm(self.distiller)
+            self.engine.step()
+        record = _StepRecord(self.state.step, first_micro, step_terms, nonfinite, torch.stack(tokens))
+        interval.pending.append(record)
+        self.state.step += 1
+
+    def _settle(self, interval: _Interval) -> None:
+        """Read the steps since the last boundary (one synchronisation) and act on their non-finite losses.
+
+        The guard keeps its meaning: a step in which some rank's loss was non-finite does not count (its
+        update was skipped on the device, see :meth:`_train_step`), so the run redoes it with the next
+        micro-batches; each non-finite micro-batch counts against ``train.nan_skip_budget``, past which
+        :class:`NonFiniteLossError` names the step, the micro-batch and the loss terms. The step counter
+        and the LR schedule are wound back by the skipped steps.
+        """
+        if not interval.pending:
+            return
+        rows = torch.cat([torch.cat([r.terms, r.nonfinite[:, None]], 1) for r in interval.pending]).cpu()
+        rows = rows.double().tolist()
+        keys = interval.keys
+        skipped, local_tokens = 0, 0
+        for record in interval.pending:
+            mine, rows = rows[: len(record.tokens)], rows[len(record.tokens) :]
+            if not any(row[-1] > 0 for row in mine):
+                for row in mine:
+                    for key, value in zip(keys, row):
+                        interval.terms[key] = interval.terms.get(key, 0.0) + value
+                interval.count += len(mine)
+                local_tokens += int(record.tokens.sum())
+                continue
+            for offset, row in enumerate(mine):
+                if row[-1] > 0:
+                    self._on_non_finite(record.step - skipped + 1, record.micro_step + offset, keys, row)
+            skipped += 1
+        interval.pending.clear()
+        tokens = all_reduce_sum(torch.tensor([float(local_tokens)], dtype=torch.float64, device=self.device))
+        tokens = int(tokens.cpu().tolist()[0])
+        interval.tokens += tokens
+        self.state.tokens += tokens
+        if skipped:
+            self.state.step -= skipped
+            self.scheduler.last_epoch = self.state.step - 1  # the schedule counts applied steps only
+            self.scheduler.step()
+
+    def _on_non_finite(self, step: int, micro_step: int, keys: list[str], row: list[float]) -> None:
         self.state.nan_skipped += 1
-        terms = ", ".join(f"{k}={float(v.detach()):.6g}" for k, v in losses.items())
+        terms = ", ".join(f"{k}={v:.6g}" for k, v in zip(keys, row))
         message = (
-            f"non-finite loss at step {self.state.step + 1} (micro-batch {self.state.micro_step}, rank-local "
-            f"terms: {terms}); skipped {self.state.nan_skipped} of train.nan_skip_budget="
-            f"{self.cfg.train.nan_skip_budget}"
+            f"non-finite loss at step {step} (micro-batch {micro_step}, rank-local terms: {terms}); skipped "
+            f"{self.state.nan_skipped} of train.nan_skip_budget={self.cfg.train.nan_skip_budget}"
         )
         if self.state.nan_skipped > self.cfg.train.nan_skip_budget:
             raise NonFiniteLossError(message)
         if self.dist.is_main:
             warnings.warn(message, stacklevel=2)
 
-    def _log(self, interval: _Interval, lr: float, grad_norm: float | None, logger: MetricsLogger) -> dict:
+    def _log(self, interval: _Interval, lr: float, grad_norm: Any, logger: MetricsLogger) -> dict:
         keys = sorted(interval.terms)
         sums = torch.tensor([interval.terms[k] for k in keys] + [float(interval.count)], dtype=torch.float64)
         sums = all_reduce_sum(sums.to(self.device)).cpu().tolist()
@@ -295,8 +375,10 @@ class Trainer:
     def fit(self, preemption: PreemptionFlag) -> Path:
         """Train to ``total_steps`` (from the resumed position); returns the run directory.
 
-        ``preemption`` is polled at every micro-batch: once set (on any rank), the current optimizer step
-        is finished, a checkpoint saved and :class:`Preempted` raised.
+        Between boundaries the loop never waits for the device: loss terms, non-finite flags and token
+        counts are read once per log line, checkpoint or stop (:meth:`_settle`). ``preemption`` is
+        agreed over ranks at every optimizer step on the host (:func:`any_rank`); once set (on any rank),
+        the step is finished, a checkpoint saved and :class:`Preempted` raised.
         """
         cfg = self.cfg.train
         logger = MetricsLogger(self.run_dir, enabled=self.dist.is_main, resume_step=self.state.step)
@@ -313,48 +395,45 @@ class Trainer:
         batches = self._batches()
         self.engine.train()
         saved_step = self.state.step if self.resume_from is not None else -1
+        saved_path = self.resume_from
+        logged_step = evaluated_step = self.state.step
         try:
             while self.state.step < self.total_steps:
                 self.distiller.set_step(self.state.step)
-                stop, done = False, 0
-                while done < cfg.grad_accum:  # a skipped (non-finite) micro-batch is replaced
-                    start = time.perf_counter()
-                    batch = next(batches)
-                    wait = time.perf_counter() - start
-                    losses, local_tokens = self._micro_step(batch)
-                    finite, stop_now, tokens = self._agree(losses, preemption.requested, local_tokens)
-                    stop = stop or stop_now
-                    self.state.micro_step += 1
-                    if not finite:
-                        self._on_non_finite(losses)
-                        continue
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    self.engine.backward(losses["loss"])
-                    if self.measure_grad_norm and self.engine.is_gradient_accumulation_boundary():
-                        self.grad_norm = _total_grad_norm(self.distiller)
-                    self.engine.step()
-                    done += 1
-                    self.state.tokens += tokens
-                    interval.add({k: float(v.detach()) for k, v in losses.items()}, tokens, wait)
-                self.state.step += 1
-                progress.update(1)
-                if self.state.step % cfg.log_every == 0 or self.state.step == self.total_steps:
+                lr = self.optimizer.param_groups[0]["lr"]
+                self._train_step(batches, interval)
+                stop = any_rank(preemption.requested)
+                step = self.state.step
+                if (
+                    stop
+                    or step % cfg.log_every == 0
+                    or step % cfg.save_every == 0
+                    or step == self.total_steps
+                    or (self.validation and step % cfg.eval_every == 0)
+                ):
+                    self._settle(interval)  # may wind the step back over skipped (non-finite) steps
+                    step = self.state.step
+                progress.update(step - progress.n)
+                if step > logged_step and (step % cfg.log_every == 0 or step == self.total_steps):
                     metrics = self._log(interval, lr, self._global_grad_norm(), logger)
                     progress.set_postfix(
                         loss=f"{metrics['loss']:.4g}", tok_s=f"{metrics['tokens_per_s']:.3g}"
                     )
                     interval.reset()
-                if self.validation and self.state.step % cfg.eval_every == 0:
+                    logged_step = step
+                if self.validation and step > evaluated_step and step % cfg.eval_every == 0:
                     eval_start = time.perf_counter()
-                    logger.log(self.state.step, self.validate())
+                    logger.log(step, self.validate())
+                    evaluated_step = step
                     interval.start += time.perf_counter() - eval_start  # tokens/s counts training only
-                if stop or self.state.step % cfg.save_every == 0 or self.state.step == self.total_steps:
+                due = step % cfg.save_every == 0 or step == self.total_steps
+                if step > saved_step and (stop or due):
                     save_start = time.perf_counter()
-                    path = self.save()
-                    saved_step = self.state.step
+                    saved_path = self.save()
+                    saved_step = step
                     interval.start += time.perf_counter() - save_start  # tokens/s counts training time only
-                    if stop:
-                        raise Preempted(preemption.received.name if preemption.received else "stop", path)
+                if stop:
+                    raise Preempted(preemption.received.name if preemption.received else "stop", saved_path)
             if saved_step != self.state.step:  # resumed at the end, or total_steps not a save step
                 self.save()
         finally:

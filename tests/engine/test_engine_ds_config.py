@@ -108,3 +108,12 @@ def test_shipped_experiments_exist():
         "bert_base_6l_hs_uniform_last",
         "bert_base_6l_od_stage",
     } <= names
+
+
+def test_bf16_grad_overflow_check_is_off_unless_the_json_asks(tmp_path):
+    """DeepSpeed's check syncs the host every step; the trainer's loss guard replaces it (a JSON may opt in)."""
+    cfg = TrainConfig(deepspeed="deepspeed/zero2.json", precision="bf16")
+    assert build_deepspeed_config(cfg, 1, torch.device("cpu"))["bf16"]["check_grad_overflow"] is False
+    data = {"zero_optimization": {"stage": 2}, "bf16": {"check_grad_overflow": True}}
+    cfg = TrainConfig(deepspeed=_json(tmp_path, data), precision="bf16")
+    assert build_deepspeed_config(cfg, 1, torch.device("cpu"))["bf16"]["check_grad_overflow"] is True
