@@ -371,8 +371,10 @@ def search(settings: SearchSettings, candidate_texts: Sequence[str], out: Path) 
     candidates = check_candidates(
         candidate_texts, teacher_config(settings.teacher), shared.objective.mapping, shared.student.init
     )
-    out.mkdir(parents=True, exist_ok=True)
+    for candidate in candidates:  # every config error before anything is written
+        run_config(settings, settings.shards, out, candidate)
     state = load_state(out, settings)
+    out.mkdir(parents=True, exist_ok=True)
     train_dir, val_dir = split_shards(settings.shards, settings.val_shards, settings.holdout, out / "data")
     if state["teacher_latency"] is None:
         print(f"search: measuring the teacher's latency ({settings.teacher})", flush=True)
