@@ -12,7 +12,8 @@ is BERT-base's shape (12 x 768, 12 heads, FFN 3072, 30,522 tokens) built from it
 weights, so nothing is downloaded; a path or `minilm` loads a real teacher.
 
 Each model runs the bare encoder (no MLM head) under torch.inference_mode on random token ids, all
-positions valid: `--warmup` untimed forwards, then `--repeats` timed ones (CUDA: synchronised). The table
+positions valid: `--warmup` untimed rounds, then `--repeats` timed ones (CUDA: synchronised), where a
+round runs every model once (interleaved, so a busy spell of a shared machine slows all models alike). The table
 gives the median and the inter-quartile range (robust on a shared machine) and the mean (std), the
 statistic of the paper's Table 1; with the BERT-base teacher a last column gives Table 1's CPU ratio
 (monolingual) for comparison. Parameters count the encoder (embeddings + layers, no pooler, no head),
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -106,30 +106,39 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def measure_latency(model: nn.Module, settings: LatencySettings, seed: int = 0) -> LatencyStats:
-    """Time ``model``'s forward pass on random token ids (all positions valid) under ``settings``."""
+def _inputs(model: nn.Module, settings: LatencySettings, seed: int) -> dict[str, torch.Tensor]:
+    """Random token ids for ``model`` (all positions valid); refuses sequences longer than its positions."""
     config = model.config
     max_positions = getattr(config, "max_position_embeddings", None)
     if max_positions is not None and settings.seq > max_positions:
         raise ConfigError(
             f"sequence length {settings.seq} exceeds the model's max_position_embeddings {max_positions}"
         )
-    device = torch.device(settings.device)
-    model = model.to(device).eval()
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(0, config.vocab_size, (settings.batch, settings.seq), generator=generator)
-    inputs = {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids, device=device)}
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = []
+    device = torch.device(settings.device)
+    return {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids, device=device)}
+
+
+def measure_latencies(
+    models: Sequence[nn.Module], settings: LatencySettings, seed: int = 0
+) -> list[LatencyStats]:
+    """Time each model's forward pass under ``settings``, interleaved: every round runs each model once,
+    so a slow spell of a shared machine hits all models alike instead of the one measured at the time."""
+    inputs = [_inputs(model, settings, seed) for model in models]
+    models = [model.to(settings.device).eval() for model in models]
+    sync = torch.cuda.synchronize if settings.device == "cuda" else (lambda: None)
+    times: list[list[float]] = [[] for _ in models]
     with torch_threads(settings.threads), torch.inference_mode():
-        for i in range(settings.warmup + settings.repeats):
-            sync()
-            start = time.perf_counter()
-            model(**inputs)
-            sync()
-            if i >= settings.warmup:
-                times.append(1000.0 * (time.perf_counter() - start))
-    return summarize(times)
+        for round_ in range(settings.warmup + settings.repeats):
+            for model, x, out in zip(models, inputs, times):
+                sync()
+                start = time.perf_counter()
+                model(**x)
+                sync()
+                if round_ >= settings.warmup:
+                    out.append(1000.0 * (time.perf_counter() - start))
+    return [summarize(t) for t in times]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -230,13 +239,12 @@ def latency_rows(targets: Sequence[str], teacher: str, settings: LatencySettings
 
     models = [(t, build_model(t, teacher)) for t in targets]  # every bad name fails before timing
     models.append(("teacher", build_teacher_model(teacher)))
-    measured = []
-    for name, model in models:
-        stats = measure_latency(model, settings)
-        measured.append((name, shape_of(model), encoder_parameter_count(model), stats))
-        print(f"  {name}: {stats.median_ms:.2f} ms", file=sys.stderr, flush=True)
-    teacher_ms = measured[-1][3].median_ms
-    return [LatencyRow(n, s, p, st, st.median_ms / teacher_ms) for n, s, p, st in measured]
+    stats = measure_latencies([m for _, m in models], settings)
+    teacher_ms = stats[-1].median_ms
+    return [
+        LatencyRow(name, shape_of(model), encoder_parameter_count(model), st, st.median_ms / teacher_ms)
+        for (name, model), st in zip(models, stats)
+    ]
 
 
 def markdown_table(rows: Sequence[LatencyRow], settings: LatencySettings, paper: bool = False) -> str:

@@ -8,8 +8,8 @@ train`'s Trainer) with HS transfer (eq. 6) for `--steps` steps on the same data,
 schedule as every other candidate; then its validation HS loss L_HS is measured (eval mode, no
 gradients, the first `--val-batches` batches of the held-out shards in a fixed seeded order) and its
 latency (the `latency` command's measurement: bare encoder of the candidate's shape, random weights,
-default CPU, batch 1 x 128 tokens, 1 thread). The teacher's latency is measured once per search. The
-reward of Appendix C (after KD-NAS, Trivedi et al. 2023) ranks them:
+default CPU, batch 1 x 128 tokens, 1 thread), interleaved with the teacher's so that both see the same
+load of a shared machine. The reward of Appendix C (after KD-NAS, Trivedi et al. 2023) ranks them:
 
     reward(S) = (1 - L_HS) * (lat(S) / (0.6 * lat(T))) ** -0.06
 
@@ -22,7 +22,7 @@ MSE for every depth, whereas a 1-to-1 mapping sums one MSE per student layer and
 candidates. `--mapping` changes it; `--config FILE` / `--set section.key=value` change any other run
 setting (the objective must stay HS only: the reward reads L_HS).
 
-Output (in `--out`): `search.json` (settings, the teacher's latency, one record per finished candidate),
+Output (in `--out`): `search.json` (settings, one record per finished candidate),
 `search.md` (the ranked table), `candidates/<shape>/` (each candidate's run directory). Running the same
 command again resumes: finished candidates are not re-run, a candidate stopped mid-way continues from its
 last checkpoint (train.resume=auto), new candidates are added; other settings than the candidates must
@@ -301,7 +301,7 @@ def load_state(out: Path, settings: SearchSettings) -> dict[str, Any]:
     """The search state in ``out`` (a fresh one when there is none); refuses other settings."""
     path = out / STATE_FILE
     if not path.is_file():
-        return {"settings": settings.record(), "teacher_latency": None, "candidates": {}}
+        return {"settings": settings.record(), "candidates": {}}
     try:
         state = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -322,41 +322,43 @@ def ranked(state: dict[str, Any]) -> list[dict[str, Any]]:
 
 def markdown_table(state: dict[str, Any]) -> str:
     """The ranked table of a search state."""
-    teacher = state["teacher_latency"]
     lines = [
-        "| rank | candidate | L, A, H, F | params (M) | val L_HS | latency ms (IQR) | lat(S)/lat(T) | reward |",
-        "|---|---|---|---|---|---|---|---|",
+        "| rank | candidate | L, A, H, F | params (M) | val L_HS | latency ms (IQR) | teacher ms | lat(S)/lat(T) "
+        "| reward |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for rank, r in enumerate(ranked(state), start=1):
-        lat = r["latency"]
+        lat, t_lat = r["latency"], r["teacher_latency"]
         lines.append(
             f"| {rank} | {r['name']} | {', '.join(map(str, r['shape']))} | {r['params'] / 1e6:.2f} | "
-            f"{r['hs_loss']:.4f} | {lat['median_ms']:.2f} ({lat['iqr_ms']:.2f}) | "
-            f"{lat['median_ms'] / teacher['median_ms']:.3f} | {r['reward']:.4f} |"
+            f"{r['hs_loss']:.4f} | {lat['median_ms']:.2f} ({lat['iqr_ms']:.2f}) | {t_lat['median_ms']:.2f} | "
+            f"{lat['median_ms'] / t_lat['median_ms']:.3f} | {r['reward']:.4f} |"
         )
     s = state["settings"]
     lat = s["latency"]
     lines += [
         "",
-        f"Teacher {s['teacher']}: {teacher['median_ms']:.2f} ms (IQR {teacher['iqr_ms']:.2f}). Reward "
-        f"(1 - L_HS) * (lat(S) / ({LATENCY_TARGET} lat(T)))^({LATENCY_EXPONENT}). {s['steps']} HS steps "
-        f"({s['mapping']} mapping) of batch {s['batch']} per candidate; latency on {lat['device']}, batch "
-        f"{lat['batch']} x {lat['seq']} tokens, {lat['threads']} thread(s), median of {lat['repeats']}.",
+        f"Teacher {s['teacher']}. Reward (1 - L_HS) * (lat(S) / ({LATENCY_TARGET} lat(T)))^({LATENCY_EXPONENT}). "
+        f"{s['steps']} HS steps ({s['mapping']} mapping) of batch {s['batch']} per candidate; latency on "
+        f"{lat['device']}, batch {lat['batch']} x {lat['seq']} tokens, {lat['threads']} thread(s), median of "
+        f"{lat['repeats']}, student and teacher interleaved.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def _measure(spec_shape: Sequence[int] | None, teacher: str, settings: LatencySettings) -> dict[str, Any]:
-    """Latency (and encoder parameters) of a shape (random weights) or, with ``None``, of the teacher."""
-    from pretrain_distill.latency import build_model, build_teacher_model, measure_latency
+def measure_pair(shape: Sequence[int], teacher: str, settings: LatencySettings) -> dict[str, Any]:
+    """Latency of a shape (random weights) and of the teacher, measured interleaved (so both see the same
+    load of a shared machine), and the shape's encoder parameters."""
+    from pretrain_distill.latency import build_model, build_teacher_model, measure_latencies
     from pretrain_distill.models import encoder_parameter_count
 
-    model = (
-        build_teacher_model(teacher)
-        if spec_shape is None
-        else build_model(",".join(map(str, spec_shape)), teacher)
-    )
-    return {**asdict(measure_latency(model, settings)), "params": encoder_parameter_count(model)}
+    student = build_model(",".join(map(str, shape)), teacher)
+    s_stats, t_stats = measure_latencies([student, build_teacher_model(teacher)], settings)
+    return {
+        "latency": asdict(s_stats),
+        "teacher_latency": asdict(t_stats),
+        "params": encoder_parameter_count(student),
+    }
 
 
 def search(settings: SearchSettings, candidate_texts: Sequence[str], out: Path) -> dict[str, Any]:
@@ -376,11 +378,6 @@ def search(settings: SearchSettings, candidate_texts: Sequence[str], out: Path) 
     state = load_state(out, settings)
     out.mkdir(parents=True, exist_ok=True)
     train_dir, val_dir = split_shards(settings.shards, settings.val_shards, settings.holdout, out / "data")
-    if state["teacher_latency"] is None:
-        print(f"search: measuring the teacher's latency ({settings.teacher})", flush=True)
-        state["teacher_latency"] = _measure(None, settings.teacher, settings.latency)
-        _write_json(out / STATE_FILE, state)
-    teacher_ms = state["teacher_latency"]["median_ms"]
     for i, candidate in enumerate(candidates, start=1):
         if candidate.key in state["candidates"]:
             print(f"search: [{i}/{len(candidates)}] {candidate.name}: done before, kept", flush=True)
@@ -392,22 +389,23 @@ def search(settings: SearchSettings, candidate_texts: Sequence[str], out: Path) 
         )
         cfg = run_config(settings, train_dir, run_dir, candidate)
         losses = distill_and_validate(cfg, val_dir, settings.val_batches)
-        latency = _measure(candidate.shape, settings.teacher, settings.latency)
-        params = latency.pop("params")
+        measured = measure_pair(candidate.shape, settings.teacher, settings.latency)
         hs_loss = losses["hs"]
         if hs_loss >= 1.0:
             print(
                 f"search: warning: {candidate.name} has L_HS {hs_loss:.4g} >= 1, so its reward is <= 0",
                 file=sys.stderr,
             )
+        reward = kd_nas_reward(
+            hs_loss, measured["latency"]["median_ms"], measured["teacher_latency"]["median_ms"]
+        )
         state["candidates"][candidate.key] = {
             "name": candidate.name,
             "shape": list(candidate.shape),
-            "params": params,
             "hs_loss": hs_loss,
             "val_losses": losses,
-            "latency": latency,
-            "reward": kd_nas_reward(hs_loss, latency["median_ms"], teacher_ms),
+            **measured,
+            "reward": reward,
             "run_dir": str(run_dir),
         }
         _write_json(out / STATE_FILE, state)

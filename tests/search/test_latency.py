@@ -18,7 +18,7 @@ from pretrain_distill.latency import (
     build_model,
     latency_rows,
     markdown_table,
-    measure_latency,
+    measure_latencies,
     summarize,
     torch_threads,
 )
@@ -89,9 +89,10 @@ def test_measure_restores_threads_and_rejects_too_long_inputs(tiny_teacher_dir):
     with torch_threads(2):
         assert torch.get_num_threads() == 2
     assert torch.get_num_threads() == before
-    assert measure_latency(model, LatencySettings(seq=64, warmup=0, repeats=1)).repeats == 1
+    stats = measure_latencies([model, model], LatencySettings(seq=64, warmup=0, repeats=2))
+    assert [s.repeats for s in stats] == [2, 2]
     with pytest.raises(ConfigError, match="sequence length 65 exceeds .* max_position_embeddings 64"):
-        measure_latency(model, LatencySettings(seq=65, warmup=0, repeats=1))
+        measure_latencies([model], LatencySettings(seq=65, warmup=0, repeats=1))
 
 
 @pytest.mark.parametrize(

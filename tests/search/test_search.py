@@ -169,13 +169,12 @@ def test_three_candidate_search_preempted_then_resumed(
     assert [r["step"] for r in read_metrics(second / "logs" / "metrics.jsonl")] == [1, 2, 3, 4]  # resumed
     assert "done before, kept" in printed
 
-    teacher_ms = state["teacher_latency"]["median_ms"]
     rows = ranked(state)
     assert sorted(r["name"] for r in rows) == sorted(CANDIDATES)
     assert [r["reward"] for r in rows] == sorted((r["reward"] for r in rows), reverse=True)
     for r in rows:
         assert 0 < r["hs_loss"] == r["val_losses"]["hs"] and r["latency"]["repeats"] == 3
-        lat = r["latency"]["median_ms"]
+        lat, teacher_ms = r["latency"]["median_ms"], r["teacher_latency"]["median_ms"]
         assert r["reward"] == pytest.approx((1 - r["hs_loss"]) * (lat / (0.6 * teacher_ms)) ** -0.06)
     table = (out / "search.md").read_text()
     assert table in printed
