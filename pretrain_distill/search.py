@@ -463,6 +463,10 @@ def run(args: argparse.Namespace) -> int:
     from pretrain_distill.engine.trainer import Preempted
     from pretrain_distill.latency import settings_from_args
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "search runs in one process (candidates one after the other): launch it without torchrun"
+        )
     for name in ("steps", "holdout", "val_batches", "batch"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

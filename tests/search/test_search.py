@@ -205,3 +205,21 @@ def test_resume_refuses_other_settings_and_bad_candidates_train_nothing(
     )
     with pytest.raises(ConfigError, match=r"other settings \(steps: 9 -> 4\)"):
         search(_settings(tiny_teacher_dir, three_shards), ["1,2,32,64"], out)
+
+
+@pytest.mark.parametrize(
+    ("extra", "env", "message"),
+    [(["--steps", "0"], {}, "--steps must be >= 1"), ([], {"WORLD_SIZE": "2"}, "one process")],
+)
+def test_command_line_mistakes_are_config_errors(extra, env, message, tmp_path, monkeypatch):
+    from pretrain_distill.cli import COMMANDS
+    from pretrain_distill.cli_util import build_parser
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    parser = build_parser("pretrain-distill", "", COMMANDS, "search")
+    args = ["search", "--teacher", "t", "--shards", "s", "--candidates", "3L", "--steps", "2"]
+    parsed = parser.parse_args([*args, "--out", str(tmp_path / "out"), *extra])
+    with pytest.raises(ConfigError, match=message):
+        parsed._run(parsed)
+    assert not (tmp_path / "out").exists()
