@@ -488,7 +488,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         state = search(settings, args.candidates, out)
     except Preempted as stop:
-        print(f"pretrain-distill search: {stop}; rerun the same command to continue", file=sys.stderr)
+        print(
+            f"pretrain-distill search: stopped, {stop.checkpoint} saved; rerun the same command to continue",
+            file=sys.stderr,
+        )
         return EXIT_PREEMPTED
     print(markdown_table(state), end="")
     print(f"search: {out / STATE_FILE}, {out / TABLE_FILE}")
