@@ -113,7 +113,7 @@ def check_candidates(texts: Sequence[str], teacher_config: Any, mapping: Any, in
                         f"student.init=teacher needs the teacher's heads, hidden and ffn "
                         f"{teacher.as_list()[1:]}, got {spec.as_list()[1:]}"
                     )
-        except (ConfigError, ValueError, TypeError) as err:
+        except (ValueError, TypeError) as err:  # ConfigError is a ValueError
             reasons.append(f"{text}: {str(err).removeprefix(f'shape {text!r}: ')}")
             continue
         candidate = Candidate(text, tuple(spec.as_list()))
