@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fit-mlm-head": ("pretrain_distill.mlm_head", "fit an MLM head on a frozen teacher without one (for OD)"),
     "export": ("pretrain_distill.export", "write a run's student as a Hugging Face model directory"),
     "plot": ("pretrain_distill.plot", "write loss-curve PNGs of a run"),
+    "latency": ("pretrain_distill.latency", "median latency of students and teacher, ratio to the teacher"),
+    "search": ("pretrain_distill.search", "rank candidate students by short HS runs + latency (KD-NAS)"),
     "demo": ("pretrain_distill.demo", "the main job end to end on the embedded real assets"),
 }
 

@@ -6,7 +6,7 @@
   4. export     the student as a Hugging Face model directory (+ loss-curve plot)
   5. fine-tune  teacher, distilled student and the same student from random init on the movie
                 sentences (binary sentiment, held-out split)
-  6. report     a results table, and where the model, logs and plot are
+  6. report     a results table (with each model's CPU latency), and where the model, logs and plot are
 
 Profiles: `cpu` (default without a GPU: about 12 minutes on 2 cores; a 3-layer x 192 student), `gpu`
 (default with one: the setting of the H100 study in docs/results.md, 1,500 steps of 32 x 256 tokens into
@@ -157,6 +157,15 @@ def random_init_student(cfg, out: Path) -> Path:
     return out
 
 
+def model_latency(models: dict[str, str]) -> dict:
+    """Each model's CPU latency row (batch 1 x 128 tokens, 1 thread), with its ratio to the teacher."""
+    from pretrain_distill.latency import LatencySettings, latency_rows
+
+    names = [name for name in models if name != "teacher"]
+    rows = latency_rows([models[n] for n in names], "minilm", LatencySettings(warmup=2, repeats=10))
+    return dict(zip([*names, "teacher"], rows))
+
+
 def finetune_movies(model: str, name: str, out: Path, profile: Profile, device: str) -> list[Path]:
     """Fine-tune ``model`` on the movie sentences, one run per seed; returns the run directories."""
     from finetune.config import load_finetune_config
@@ -244,12 +253,17 @@ def main_job(
         name: [json.loads((r / "metrics.json").read_text())["scores"]["dev"] for r in rs]
         for name, rs in runs.items()
     }
+    latency = model_latency(models)
     print()
     print(written["markdown"].read_text())
-    print(f"{'model':<16} held-out accuracy (x100, mean over {len(profile.seeds)} seed(s))")
+    print(f"{'model':<16} held-out accuracy (x100, mean over {len(profile.seeds)} seed(s)), CPU latency")
     for name, values in scores.items():
         shape = "MiniLM-L6 teacher" if name == "teacher" else f"{student} student"
-        print(f"{name:<16} {100 * statistics.mean(values):6.2f}   {shape}")
+        ms, ratio = latency[name].stats.median_ms, latency[name].ratio
+        print(
+            f"{name:<16} {100 * statistics.mean(values):6.2f}   {ms:7.2f} ms ({ratio:.2f} x teacher)   {shape}"
+        )
+    print("latency: median of 10, batch 1 x 128 tokens, 1 CPU thread (`pretrain-distill latency`)")
     for objective, (run_dir, plots) in outputs.items():
         print(f"\n{objective}: model {run_dir / 'export'}")
         print(f"  logs {run_dir / 'logs'} (metrics.jsonl, tensorboard/); plots {', '.join(map(str, plots))}")

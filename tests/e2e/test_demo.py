@@ -33,6 +33,7 @@ def test_tiny_demo_runs_every_stage(tmp_path, capsys):
     for path in metrics:
         assert 0.0 <= json.loads(path.read_text())["scores"]["dev"] <= 1.0
     assert "held-out accuracy" in printed and (out / "report" / "report.md").is_file()
+    assert printed.count(" x teacher)") == 3  # teacher, distilled and random-init student: latency too
 
 
 def test_tiny_demo_od_is_a_second_stage_from_the_hs_student(tmp_path):

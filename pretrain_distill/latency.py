@@ -1,0 +1,337 @@
+"""Inference latency of students and teacher, as a Markdown table with each model's ratio to the teacher.
+
+  pretrain-distill latency                                   # the paper's presets vs a BERT-base teacher
+  pretrain-distill latency 3L 6L 2,4,128,512 runs/distill/export --teacher minilm --threads 2
+  pretrain-distill latency --device cuda --batch 32 --seq 256 --out runs/latency.md
+
+MODELS are preset names (6L-DistilBERT, 6L, 4L, 3L; default: all four), custom shapes `L,A,H,F`
+(layers, heads, hidden, ffn) and exported Hugging Face model directories. Presets and shapes are built
+from the teacher's config (its vocabulary, positions and family) with random weights: latency depends on
+the shape, not on the weights. Model directories are loaded as they are. `--teacher bert-base` (default)
+is BERT-base's shape (12 x 768, 12 heads, FFN 3072, 30,522 tokens) built from its config with random
+weights, so nothing is downloaded; a path or `minilm` loads a real teacher.
+
+Each model runs the bare encoder (no MLM head) under torch.inference_mode on random token ids, all
+positions valid: `--warmup` untimed rounds, then `--repeats` timed ones (CUDA: synchronised), where a
+round runs every model once (interleaved, so a busy spell of a shared machine slows all models alike). The table
+gives the median and the inter-quartile range (robust on a shared machine) and the mean (std), the
+statistic of the paper's Table 1; with the BERT-base teacher a last column gives Table 1's CPU ratio
+(monolingual) for comparison. Parameters count the encoder (embeddings + layers, no pooler, no head),
+as in Table 1.
+
+The paper's Table 1 states only "measured over 5 runs, with standard deviation"; its batch size,
+sequence length and CPU threads are not given. Defaults here: batch 1, 128 tokens, 1 thread (the least
+noisy on a shared machine), 5 warm-up and 30 timed forwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pretrain_distill.configuration import ConfigError
+
+#: The paper's CPU latencies, milliseconds, monolingual (Table 1); the teacher is BERT-base.
+PAPER_CPU_MS = {"6L-DistilBERT": 33.28, "6L": 11.98, "4L": 9.53, "3L": 5.41, "teacher": 64.91}
+
+BERT_BASE = "bert-base"
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """How a forward pass is timed: device, input shape, CPU threads, warm-up and timed forwards."""
+
+    device: str = "cpu"
+    batch: int = 1
+    seq: int = 128
+    threads: int = 1
+    warmup: int = 5
+    repeats: int = 30
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(f"latency device must be cpu or cuda, got {self.device!r}")
+        for name in ("batch", "seq", "threads", "repeats"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"latency {name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ConfigError(f"latency warmup must be >= 0, got {self.warmup}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("latency device cuda: no CUDA device is available")
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Timings of one model in milliseconds per forward pass."""
+
+    median_ms: float
+    iqr_ms: float  # 75th - 25th percentile
+    mean_ms: float
+    std_ms: float
+    repeats: int
+
+
+def summarize(times_ms: Sequence[float]) -> LatencyStats:
+    """Median, inter-quartile range, mean and sample std of per-forward times (ms)."""
+    if not times_ms:
+        raise ValueError("no timings to summarize")
+    values = sorted(times_ms)
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
+    return LatencyStats(
+        median_ms=statistics.median(values),
+        iqr_ms=q3 - q1,
+        mean_ms=statistics.fmean(values),
+        std_ms=statistics.stdev(values) if len(values) > 1 else 0.0,
+        repeats=len(values),
+    )
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op CPU threads, restoring the previous count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _inputs(model: nn.Module, settings: LatencySettings, seed: int) -> dict[str, torch.Tensor]:
+    """Random token ids for ``model`` (all positions valid); refuses sequences longer than its positions."""
+    config = model.config
+    max_positions = getattr(config, "max_position_embeddings", None)
+    if max_positions is not None and settings.seq > max_positions:
+        raise ConfigError(
+            f"sequence length {settings.seq} exceeds the model's max_position_embeddings {max_positions}"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, config.vocab_size, (settings.batch, settings.seq), generator=generator)
+    device = torch.device(settings.device)
+    return {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids, device=device)}
+
+
+def measure_latencies(
+    models: Sequence[nn.Module], settings: LatencySettings, seed: int = 0
+) -> list[LatencyStats]:
+    """Time each model's forward pass under ``settings``, interleaved: every round runs each model once,
+    so a slow spell of a shared machine hits all models alike instead of the one measured at the time."""
+    inputs = [_inputs(model, settings, seed) for model in models]
+    models = [model.to(settings.device).eval() for model in models]
+    sync = torch.cuda.synchronize if settings.device == "cuda" else (lambda: None)
+    times: list[list[float]] = [[] for _ in models]
+    with torch_threads(settings.threads), torch.inference_mode():
+        for round_ in range(settings.warmup + settings.repeats):
+            for model, x, out in zip(models, inputs, times):
+                sync()
+                start = time.perf_counter()
+                model(**x)
+                sync()
+                if round_ >= settings.warmup:
+                    out.append(1000.0 * (time.perf_counter() - start))
+    return [summarize(t) for t in times]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Which models: presets, shapes, directories, the teacher
+
+
+def teacher_config(teacher: str):
+    """The teacher's config: ``bert-base`` = BERT-base's shape (``BertConfig()``), else a model path."""
+    from transformers import AutoConfig, BertConfig
+
+    from pretrain_distill.assets import resolve_model_path
+
+    if teacher == BERT_BASE:
+        return BertConfig()
+    path = resolve_model_path(teacher)
+    if not Path(path).is_dir():
+        raise ConfigError(f"teacher {teacher!r}: not {BERT_BASE!r}, 'minilm' or a model directory")
+    return AutoConfig.from_pretrained(path)
+
+
+def parse_shape(text: str):
+    """A preset name or ``L,A,H,F`` as a :class:`StudentSpec`; None when ``text`` is neither form."""
+    from pretrain_distill.models import PRESETS, StudentSpec
+
+    if text in PRESETS:
+        return PRESETS[text]
+    parts = text.split(",")
+    if len(parts) != 4:
+        return None
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"shape {text!r}: L,A,H,F must be four integers") from None
+    try:
+        return StudentSpec(*numbers)
+    except ValueError as err:
+        raise ConfigError(f"shape {text!r}: {err}") from None
+
+
+def build_model(target: str, teacher: str) -> nn.Module:
+    """The bare encoder ``target`` names: a preset / ``L,A,H,F`` (random weights, teacher's family) or
+    a Hugging Face model directory (its weights)."""
+    from transformers import AutoModel
+
+    from pretrain_distill.models.students import student_config
+
+    spec = parse_shape(target)
+    if spec is not None:
+        torch.manual_seed(0)
+        return AutoModel.from_config(
+            student_config(spec, teacher_config(teacher)), attn_implementation="sdpa"
+        )
+    if (Path(target) / "config.json").is_file():
+        return AutoModel.from_pretrained(target, attn_implementation="sdpa")
+    raise ConfigError(
+        f"model {target!r}: not a preset (6L-DistilBERT, 6L, 4L, 3L), a shape L,A,H,F or a model "
+        "directory with a config.json"
+    )
+
+
+def build_teacher_model(teacher: str) -> nn.Module:
+    """The teacher's bare encoder: BERT-base's shape with random weights, or the model at a path."""
+    from transformers import AutoModel
+
+    from pretrain_distill.assets import resolve_model_path
+
+    if teacher == BERT_BASE:
+        torch.manual_seed(0)
+        return AutoModel.from_config(teacher_config(teacher), attn_implementation="sdpa")
+    teacher_config(teacher)  # a clear error for a bad path
+    return AutoModel.from_pretrained(resolve_model_path(teacher), attn_implementation="sdpa")
+
+
+def shape_of(model: nn.Module) -> list[int] | None:
+    """``[L, A, H, F]`` of a supported encoder family, else None."""
+    from pretrain_distill.models import spec_of
+
+    try:
+        return spec_of(model.config).as_list()
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class LatencyRow:
+    """One model's line of the table."""
+
+    name: str
+    shape: list[int] | None
+    params: int
+    stats: LatencyStats
+    ratio: float  # median latency / the teacher's median latency
+
+
+def latency_rows(targets: Sequence[str], teacher: str, settings: LatencySettings) -> list[LatencyRow]:
+    """Measure every target and the teacher (last row) and give each its ratio to the teacher."""
+    from pretrain_distill.models import encoder_parameter_count
+
+    models = [(t, build_model(t, teacher)) for t in targets]  # every bad name fails before timing
+    models.append(("teacher", build_teacher_model(teacher)))
+    stats = measure_latencies([m for _, m in models], settings)
+    teacher_ms = stats[-1].median_ms
+    return [
+        LatencyRow(name, shape_of(model), encoder_parameter_count(model), st, st.median_ms / teacher_ms)
+        for (name, model), st in zip(models, stats)
+    ]
+
+
+def markdown_table(rows: Sequence[LatencyRow], settings: LatencySettings, paper: bool = False) -> str:
+    """The table: shape, parameters (M), median / IQR / mean (std) ms, ratio to the teacher; with
+    ``paper=True`` also Table 1's CPU ratio for the rows the paper has."""
+    header = "| model | L, A, H, F | params (M) | median ms | IQR ms | mean (std) ms | ratio to teacher |"
+    rule = "|---|---|---|---|---|---|---|"
+    if paper:
+        header += " paper CPU ratio |"
+        rule += "---|"
+    lines = [header, rule]
+    for row in rows:
+        shape = ", ".join(map(str, row.shape)) if row.shape else "?"
+        s = row.stats
+        line = (
+            f"| {row.name} | {shape} | {row.params / 1e6:.1f} | {s.median_ms:.2f} | {s.iqr_ms:.2f} | "
+            f"{s.mean_ms:.2f} ({s.std_ms:.2f}) | {row.ratio:.3f} |"
+        )
+        if paper:
+            ms = PAPER_CPU_MS.get(row.name)
+            line += f" {ms / PAPER_CPU_MS['teacher']:.3f} |" if ms else " |"
+        lines.append(line)
+    threads = f", {settings.threads} thread(s)" if settings.device == "cpu" else ""
+    lines.append("")
+    lines.append(
+        f"{settings.device}, batch {settings.batch} x {settings.seq} tokens{threads}, "
+        f"{settings.warmup} warm-up + {settings.repeats} timed forwards per model"
+    )
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """``--device --batch --seq --threads --warmup --repeats`` (``prefix`` e.g. ``latency-`` for search)."""
+    d = LatencySettings()
+    parser.add_argument(f"--{prefix}device", choices=["cpu", "cuda"], default=d.device, help="default: cpu")
+    parser.add_argument(f"--{prefix}batch", type=int, default=d.batch, help=f"batch size (default {d.batch})")
+    parser.add_argument(
+        f"--{prefix}seq", type=int, default=d.seq, help=f"tokens per sequence (default {d.seq})"
+    )
+    parser.add_argument(
+        f"--{prefix}threads", type=int, default=d.threads, help=f"CPU intra-op threads (default {d.threads})"
+    )
+    parser.add_argument(
+        f"--{prefix}warmup", type=int, default=d.warmup, help=f"untimed forwards (default {d.warmup})"
+    )
+    parser.add_argument(
+        f"--{prefix}repeats", type=int, default=d.repeats, help=f"timed forwards (default {d.repeats})"
+    )
+
+
+def settings_from_args(args: argparse.Namespace, prefix: str = "") -> LatencySettings:
+    key = prefix.replace("-", "_")
+    names = ("device", "batch", "seq", "threads", "warmup", "repeats")
+    return LatencySettings(**{n: getattr(args, key + n) for n in names})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "models",
+        nargs="*",
+        metavar="MODEL",
+        help="presets, shapes L,A,H,F and model directories (default: the four presets)",
+    )
+    parser.add_argument(
+        "--teacher",
+        default=BERT_BASE,
+        help=f"{BERT_BASE} (default: its shape, random weights), minilm, or a model directory",
+    )
+    add_settings_arguments(parser)
+    parser.add_argument("--out", help="also write the table to this Markdown file (+ .json beside it)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pretrain_distill.models import PRESETS
+
+    settings = settings_from_args(args)
+    rows = latency_rows(args.models or list(PRESETS), args.teacher, settings)
+    table = markdown_table(rows, settings, paper=args.teacher == BERT_BASE)
+    print(table, end="")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table)
+        record = {"settings": asdict(settings), "teacher": args.teacher, "rows": [asdict(r) for r in rows]}
+        out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    return 0

@@ -1,0 +1,498 @@
+"""Student search: a short HS distillation of each candidate shape, ranked by the KD-NAS reward.
+
+  pretrain-distill search --teacher minilm --shards runs/shards/wiki --steps 300 \\
+      --candidates 3L 2,12,384,1536 3,12,192,768 2,6,192,768 --out runs/search
+
+Each candidate (a preset name or a shape `L,A,H,F`) is distilled by the engine (`pretrain-distill
+train`'s Trainer) with HS transfer (eq. 6) for `--steps` steps on the same data, batch, seed and
+schedule as every other candidate; then its validation HS loss L_HS is measured (eval mode, no
+gradients, the first `--val-batches` batches of the held-out shards in a fixed seeded order) and its
+latency (the `latency` command's measurement: bare encoder of the candidate's shape, random weights,
+default CPU, batch 1 x 128 tokens, 1 thread), interleaved with the teacher's so that both see the same
+load of a shared machine. The reward of Appendix C (after KD-NAS, Trivedi et al. 2023) ranks them:
+
+    reward(S) = (1 - L_HS) * (lat(S) / (0.6 * lat(T))) ** -0.06
+
+Validation data: `--val-shards DIR` (prepared with the same tokenizer), or by default the last
+`--holdout` shard(s) of `--shards` (manifest order), which then are not trained on; the split is written
+as two small manifest views (symlinks to the shards) under `<out>/data/`.
+
+The HS mapping defaults to `single` (the last student layer to the last teacher layer): L_HS is then one
+MSE for every depth, whereas a 1-to-1 mapping sums one MSE per student layer and so penalises deeper
+candidates. `--mapping` changes it; `--config FILE` / `--set section.key=value` change any other run
+setting (the objective must stay HS only: the reward reads L_HS).
+
+Output (in `--out`): `search.json` (settings, one record per finished candidate),
+`search.md` (the ranked table), `candidates/<shape>/` (each candidate's run directory). Running the same
+command again resumes: finished candidates are not re-run, a candidate stopped mid-way continues from its
+last checkpoint (train.resume=auto), new candidates are added; other settings than the candidates must
+be unchanged (error otherwise). Every candidate is checked before any training: a bad shape (heads not
+dividing hidden, non-positive sizes), a duplicate, a mapping or initialisation the teacher's depth or
+width does not allow, stops the search with one line per rejected candidate.
+
+Exit codes: 0 done; 2 bad arguments; 75 preempted by SIGTERM / SIGUSR1 after a checkpoint (rerun).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pretrain_distill.configuration import ConfigError
+from pretrain_distill.latency import LatencySettings
+
+#: Appendix C's reward constants: the latency target (a fraction of the teacher's) and the exponent.
+LATENCY_TARGET = 0.6
+LATENCY_EXPONENT = -0.06
+
+STATE_FILE = "search.json"
+TABLE_FILE = "search.md"
+
+
+def kd_nas_reward(
+    hs_loss: float,
+    student_ms: float,
+    teacher_ms: float,
+    target: float = LATENCY_TARGET,
+    exponent: float = LATENCY_EXPONENT,
+) -> float:
+    """Appendix C's eq. 12: ``(1 - L_HS) * (lat(S) / (target * lat(T))) ** exponent``."""
+    if student_ms <= 0 or teacher_ms <= 0:
+        raise ValueError(f"latencies must be > 0, got student {student_ms}, teacher {teacher_ms}")
+    return (1.0 - hs_loss) * (student_ms / (target * teacher_ms)) ** exponent
+
+
+# ---------------------------------------------------------------------------------------------------
+# Candidates
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A candidate as the user wrote it (``name``) and its shape ``[L, A, H, F]``."""
+
+    name: str
+    shape: tuple[int, int, int, int]
+
+    @property
+    def key(self) -> str:
+        """Directory / record key, one per shape: ``L3-A12-H384-F1024``."""
+        return "L{}-A{}-H{}-F{}".format(*self.shape)
+
+
+def check_candidates(texts: Sequence[str], teacher_config: Any, mapping: Any, init: str) -> list[Candidate]:
+    """Parse and check every candidate against the teacher; raise :class:`ConfigError` listing each
+    rejected one with its reason (nothing is trained when any is rejected)."""
+    from pretrain_distill.latency import parse_shape
+    from pretrain_distill.models import spec_of
+    from pretrain_distill.objectives.mappings import reachable_mapping
+
+    teacher = spec_of(teacher_config)
+    candidates, reasons, seen = [], [], {}
+    for text in texts:
+        try:
+            spec = parse_shape(text)
+            if spec is None:
+                raise ConfigError("not a preset (6L-DistilBERT, 6L, 4L, 3L) nor a shape L,A,H,F")
+            reachable_mapping(mapping, teacher.layers, spec.layers)
+            if init == "teacher":
+                if spec.layers > teacher.layers:
+                    raise ConfigError(
+                        f"student.init=teacher copies teacher layers: {spec.layers} layers > the teacher's "
+                        f"{teacher.layers}"
+                    )
+                if spec.as_list()[1:] != teacher.as_list()[1:]:
+                    raise ConfigError(
+                        f"student.init=teacher needs the teacher's heads, hidden and ffn "
+                        f"{teacher.as_list()[1:]}, got {spec.as_list()[1:]}"
+                    )
+        except (ValueError, TypeError) as err:  # ConfigError is a ValueError
+            reasons.append(f"{text}: {str(err).removeprefix(f'shape {text!r}: ')}")
+            continue
+        candidate = Candidate(text, tuple(spec.as_list()))
+        if candidate.key in seen:
+            reasons.append(f"{text}: the same shape as {seen[candidate.key]}")
+            continue
+        seen[candidate.key] = text
+        candidates.append(candidate)
+    if reasons:
+        raise ConfigError(
+            f"{len(reasons)} of {len(texts)} candidates rejected (nothing trained): " + "; ".join(reasons)
+        )
+    if not candidates:
+        raise ConfigError("no candidates: give --candidates SPEC ... (presets or L,A,H,F)")
+    return candidates
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data: training shards and held-out validation shards
+
+
+def _write_view(manifest: dict[str, Any], entries: list[dict[str, Any]], source: Path, out: Path) -> Path:
+    """A shard directory holding ``entries`` of ``manifest``: a manifest.json and symlinks to the shards."""
+    from pretrain_distill.data.prepare import MANIFEST
+
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in entries:
+        link = out / entry["name"]
+        if not link.is_symlink():
+            link.symlink_to((source / entry["name"]).resolve())
+    totals = {k: sum(e[k] for e in entries) for k in ("sequences", "tokens", "documents")}
+    view = {**manifest, "shards": entries, "totals": {**manifest.get("totals", {}), **totals}}
+    view["view_of"] = str(source.resolve())
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(view, indent=2) + "\n")
+    os.replace(tmp, out / MANIFEST)
+    return out
+
+
+def split_shards(shards: str, val_shards: str | None, holdout: int, out: Path) -> tuple[str, str]:
+    """``(train_dir, val_dir)``: ``val_shards`` as given with all of ``shards`` for training, or the last
+    ``holdout`` shards of ``shards`` held out (written as manifest views under ``out``)."""
+    from pretrain_distill.data import load_manifest
+
+    manifest = load_manifest(shards)
+    if val_shards:
+        val_tok = load_manifest(val_shards)["tokenizer"].get("sha256")
+        if val_tok != manifest["tokenizer"].get("sha256"):
+            raise ConfigError(f"--val-shards {val_shards} were prepared with another tokenizer than {shards}")
+        return shards, val_shards
+    entries = manifest["shards"]
+    if not 1 <= holdout < len(entries):
+        raise ConfigError(
+            f"--holdout {holdout}: {shards} has {len(entries)} shard(s), so at least one must stay for "
+            "training and one be held out; prepare more shards (--shard-chars) or give --val-shards"
+        )
+    source = Path(shards)
+    train_dir = _write_view(manifest, entries[:-holdout], source, out / "train")
+    val_dir = _write_view(manifest, entries[-holdout:], source, out / "val")
+    return str(train_dir), str(val_dir)
+
+
+def validation_batches(val_dir: str, batch_size: int, count: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    """The first ``count`` batches of epoch 0 of ``val_dir`` in the seeded order (one process, no workers)."""
+    from pretrain_distill.config import DataConfig
+    from pretrain_distill.data import build_dataloader
+
+    loader = build_dataloader(DataConfig(shards=val_dir, num_workers=0), batch_size, 0, 1, seed)
+    batches = []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) == count:
+            break
+    if not batches:
+        raise ConfigError(f"validation shards {val_dir} hold no sequence")
+    return batches
+
+
+def validation_losses(
+    distiller: torch.nn.Module, batches: Sequence[dict], device: torch.device
+) -> dict[str, float]:
+    """Each loss term of ``distiller`` averaged over ``batches`` (eval mode, no gradients; the mode the
+    distiller was in is restored)."""
+    was_training = distiller.training
+    distiller.eval()
+    sums: dict[str, float] = {}
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                losses = distiller(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                for key, value in losses.items():
+                    sums[key] = sums.get(key, 0.0) + float(value)
+    finally:
+        distiller.train(was_training)
+    return {key: value / len(batches) for key, value in sums.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The search
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything but the candidates; a resumed search must have the same (its results would differ)."""
+
+    teacher: str
+    shards: str
+    val_shards: str | None
+    holdout: int
+    steps: int
+    batch: int
+    val_batches: int
+    mapping: str
+    device: str
+    configs: tuple[str, ...]
+    overrides: tuple[str, ...]
+    latency: LatencySettings
+
+    def record(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))  # tuples as lists, as read back from JSON
+
+
+def run_config(settings: SearchSettings, data_dir: str, run_dir: Path, candidate: Candidate | None = None):
+    """The :class:`RunConfig` of a candidate's distillation: the same for all but shape and run dir
+    (``candidate=None``: the shared part only, as the user's configs give the student)."""
+    from pretrain_distill.config import load_run_config
+    from pretrain_distill.models import spec_from_config
+
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    shape = []
+    if candidate is not None:
+        shape = ["student.preset=null"] + [
+            f"student.{k}={v}" for k, v in zip(("layers", "heads", "hidden", "ffn"), candidate.shape)
+        ]
+    overrides = [
+        f"teacher.path={settings.teacher}",
+        *shape,
+        "objective.weights={hs: 1.0}",
+        f"objective.mapping={settings.mapping}",
+        f"data.shards={data_dir}",
+        f"train.output_dir={run_dir}",
+        f"train.max_steps={settings.steps}",
+        f"train.micro_batch_size={settings.batch}",
+        f"train.save_every={max(1, settings.steps // 5)}",
+        "train.keep_last=1",
+        f"train.log_every={max(1, settings.steps // 20)}",
+        f"train.device={device}",
+        "train.precision=" + ("bf16" if device == "cuda" else "fp32"),
+        "train.deepspeed=deepspeed/zero0.json",
+        "train.resume=auto",
+        "train.export=false",
+    ]
+    cfg = load_run_config(list(settings.configs), overrides + list(settings.overrides))
+    if set(cfg.objective.weights) != {"hs"}:
+        raise ConfigError(
+            f"search distils with HS only (the reward reads L_HS), got objective.weights {cfg.objective.weights}"
+        )
+    if candidate is not None and tuple(spec_from_config(cfg.student).as_list()) != candidate.shape:
+        raise ConfigError("the candidates give the student's shape: --set / --config may not change it")
+    return cfg
+
+
+def distill_and_validate(cfg, val_dir: str, val_batches: int) -> dict[str, float]:
+    """Run (or resume) one candidate's distillation through the engine, then its validation losses."""
+    from pretrain_distill.engine.distributed import launcher_env_scope
+    from pretrain_distill.engine.signals import PreemptionFlag
+    from pretrain_distill.engine.trainer import Trainer
+
+    with launcher_env_scope(), PreemptionFlag() as preemption:
+        trainer = Trainer(cfg)
+        trainer.fit(preemption)
+        batches = validation_batches(val_dir, cfg.train.micro_batch_size, val_batches, cfg.train.seed)
+        return validation_losses(trainer.distiller, batches, trainer.device)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def load_state(out: Path, settings: SearchSettings) -> dict[str, Any]:
+    """The search state in ``out`` (a fresh one when there is none); refuses other settings."""
+    path = out / STATE_FILE
+    if not path.is_file():
+        return {"settings": settings.record(), "candidates": {}}
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err}); remove it to start the search over") from err
+    saved = state.get("settings", {})
+    diff = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in settings.record().items() if saved.get(k) != v]
+    if diff:
+        raise ConfigError(
+            f"{out} holds a search with other settings ({'; '.join(diff)}): use another --out, or the same settings"
+        )
+    return state
+
+
+def ranked(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Finished candidates, best reward first."""
+    return sorted(state["candidates"].values(), key=lambda r: r["reward"], reverse=True)
+
+
+def markdown_table(state: dict[str, Any]) -> str:
+    """The ranked table of a search state."""
+    lines = [
+        "| rank | candidate | L, A, H, F | params (M) | val L_HS | latency ms (IQR) | teacher ms | lat(S)/lat(T) "
+        "| reward |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rank, r in enumerate(ranked(state), start=1):
+        lat, t_lat = r["latency"], r["teacher_latency"]
+        lines.append(
+            f"| {rank} | {r['name']} | {', '.join(map(str, r['shape']))} | {r['params'] / 1e6:.2f} | "
+            f"{r['hs_loss']:.4f} | {lat['median_ms']:.2f} ({lat['iqr_ms']:.2f}) | {t_lat['median_ms']:.2f} | "
+            f"{lat['median_ms'] / t_lat['median_ms']:.3f} | {r['reward']:.4f} |"
+        )
+    s = state["settings"]
+    lat = s["latency"]
+    lines += [
+        "",
+        f"Teacher {s['teacher']}. Reward (1 - L_HS) * (lat(S) / ({LATENCY_TARGET} lat(T)))^({LATENCY_EXPONENT}). "
+        f"{s['steps']} HS steps ({s['mapping']} mapping) of batch {s['batch']} per candidate; latency on "
+        f"{lat['device']}, batch {lat['batch']} x {lat['seq']} tokens, {lat['threads']} thread(s), median of "
+        f"{lat['repeats']}, student and teacher interleaved.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def measure_pair(shape: Sequence[int], teacher: str, settings: LatencySettings) -> dict[str, Any]:
+    """Latency of a shape (random weights) and of the teacher, measured interleaved (so both see the same
+    load of a shared machine), and the shape's encoder parameters."""
+    from pretrain_distill.latency import build_model, build_teacher_model, measure_latencies
+    from pretrain_distill.models import encoder_parameter_count
+
+    student = build_model(",".join(map(str, shape)), teacher)
+    s_stats, t_stats = measure_latencies([student, build_teacher_model(teacher)], settings)
+    return {
+        "latency": asdict(s_stats),
+        "teacher_latency": asdict(t_stats),
+        "params": encoder_parameter_count(student),
+    }
+
+
+def search(settings: SearchSettings, candidate_texts: Sequence[str], out: Path) -> dict[str, Any]:
+    """Run (or resume) the search in ``out``; returns the state (see :func:`load_state`)."""
+    from pretrain_distill.latency import BERT_BASE, teacher_config
+
+    if settings.teacher == BERT_BASE:
+        raise ConfigError(
+            f"search distils from a teacher with weights: a model directory or minilm, not {BERT_BASE}"
+        )
+    shared = run_config(settings, settings.shards, out)
+    candidates = check_candidates(
+        candidate_texts, teacher_config(settings.teacher), shared.objective.mapping, shared.student.init
+    )
+    for candidate in candidates:  # every config error before anything is written
+        run_config(settings, settings.shards, out, candidate)
+    state = load_state(out, settings)
+    out.mkdir(parents=True, exist_ok=True)
+    train_dir, val_dir = split_shards(settings.shards, settings.val_shards, settings.holdout, out / "data")
+    for i, candidate in enumerate(candidates, start=1):
+        if candidate.key in state["candidates"]:
+            print(f"search: [{i}/{len(candidates)}] {candidate.name}: done before, kept", flush=True)
+            continue
+        run_dir = out / "candidates" / candidate.key
+        print(
+            f"search: [{i}/{len(candidates)}] {candidate.name}: {settings.steps} HS steps in {run_dir}",
+            flush=True,
+        )
+        cfg = run_config(settings, train_dir, run_dir, candidate)
+        losses = distill_and_validate(cfg, val_dir, settings.val_batches)
+        measured = measure_pair(candidate.shape, settings.teacher, settings.latency)
+        hs_loss = losses["hs"]
+        if hs_loss >= 1.0:
+            print(
+                f"search: warning: {candidate.name} has L_HS {hs_loss:.4g} >= 1, so its reward is <= 0",
+                file=sys.stderr,
+            )
+        reward = kd_nas_reward(
+            hs_loss, measured["latency"]["median_ms"], measured["teacher_latency"]["median_ms"]
+        )
+        state["candidates"][candidate.key] = {
+            "name": candidate.name,
+            "shape": list(candidate.shape),
+            "hs_loss": hs_loss,
+            "val_losses": losses,
+            **measured,
+            "reward": reward,
+            "run_dir": str(run_dir),
+        }
+        _write_json(out / STATE_FILE, state)
+        (out / TABLE_FILE).write_text(markdown_table(state))
+    return state
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pretrain_distill.latency import add_settings_arguments
+
+    parser.add_argument(
+        "--teacher", required=True, help="teacher model directory, or minilm (the embedded one)"
+    )
+    parser.add_argument("--shards", required=True, help="directory written by `pretrain-distill prepare`")
+    parser.add_argument(
+        "--candidates",
+        nargs="+",
+        required=True,
+        metavar="SPEC",
+        help="presets (3L, 4L, ...) or shapes L,A,H,F",
+    )
+    parser.add_argument("--steps", type=int, required=True, help="HS distillation steps per candidate")
+    parser.add_argument("--out", default="runs/search", help="search directory (default: runs/search)")
+    parser.add_argument(
+        "--val-shards", help="validation shards (default: hold out the last --holdout shards)"
+    )
+    parser.add_argument("--holdout", type=int, default=1, help="shards of --shards held out (default 1)")
+    parser.add_argument("--val-batches", type=int, default=16, help="validation batches (default 16)")
+    parser.add_argument(
+        "--batch", type=int, default=32, help="training / validation micro batch (default 32)"
+    )
+    parser.add_argument("--mapping", default="single", help="HS layer mapping (default: single)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="training device")
+    parser.add_argument(
+        "--config", action="append", default=[], metavar="FILE", help="run config YAML (repeatable)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="run config override (repeatable), e.g. --set train.lr=1e-3",
+    )
+    group = parser.add_argument_group("latency (see `pretrain-distill latency --help`)")
+    add_settings_arguments(group, prefix="latency-")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pretrain_distill.engine.signals import EXIT_PREEMPTED
+    from pretrain_distill.engine.trainer import Preempted
+    from pretrain_distill.latency import settings_from_args
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "search runs in one process (candidates one after the other): launch it without torchrun"
+        )
+    for name in ("steps", "holdout", "val_batches", "batch"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    settings = SearchSettings(
+        teacher=args.teacher,
+        shards=args.shards,
+        val_shards=args.val_shards,
+        holdout=args.holdout,
+        steps=args.steps,
+        batch=args.batch,
+        val_batches=args.val_batches,
+        mapping=args.mapping,
+        device=args.device,
+        configs=tuple(args.config),
+        overrides=tuple(args.overrides),
+        latency=settings_from_args(args, prefix="latency-"),
+    )
+    out = Path(args.out)
+    try:
+        state = search(settings, args.candidates, out)
+    except Preempted as stop:
+        print(
+            f"pretrain-distill search: stopped, {stop.checkpoint} saved; rerun the same command to continue",
+            file=sys.stderr,
+        )
+        return EXIT_PREEMPTED
+    print(markdown_table(state), end="")
+    print(f"search: {out / STATE_FILE}, {out / TABLE_FILE}")
+    return 0
