@@ -187,7 +187,6 @@ def build_model(target: str, teacher: str) -> nn.Module:
 
     spec = parse_shape(target)
     if spec is not None:
-        torch.manual_seed(0)
         return AutoModel.from_config(
             student_config(spec, teacher_config(teacher)), attn_implementation="sdpa"
         )
@@ -206,7 +205,6 @@ def build_teacher_model(teacher: str) -> nn.Module:
     from pretrain_distill.assets import resolve_model_path
 
     if teacher == BERT_BASE:
-        torch.manual_seed(0)
         return AutoModel.from_config(teacher_config(teacher), attn_implementation="sdpa")
     teacher_config(teacher)  # a clear error for a bad path
     return AutoModel.from_pretrained(resolve_model_path(teacher), attn_implementation="sdpa")
