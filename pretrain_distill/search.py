@@ -176,41 +176,6 @@ def split_shards(shards: str, val_shards: str | None, holdout: int, out: Path) -
     return str(train_dir), str(val_dir)
 
 
-def validation_batches(val_dir: str, batch_size: int, count: int, seed: int) -> list[dict[str, torch.Tensor]]:
-    """The first ``count`` batches of epoch 0 of ``val_dir`` in the seeded order (one process, no workers)."""
-    from pretrain_distill.config import DataConfig
-    from pretrain_distill.data import build_dataloader
-
-    loader = build_dataloader(DataConfig(shards=val_dir, num_workers=0), batch_size, 0, 1, seed)
-    batches = []
-    for batch in loader:
-        batches.append(batch)
-        if len(batches) == count:
-            break
-    if not batches:
-        raise ConfigError(f"validation shards {val_dir} hold no sequence")
-    return batches
-
-
-def validation_losses(
-    distiller: torch.nn.Module, batches: Sequence[dict], device: torch.device
-) -> dict[str, float]:
-    """Each loss term of ``distiller`` averaged over ``batches`` (eval mode, no gradients; the mode the
-    distiller was in is restored)."""
-    was_training = distiller.training
-    distiller.eval()
-    sums: dict[str, float] = {}
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                losses = distiller(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-                for key, value in losses.items():
-                    sums[key] = sums.get(key, 0.0) + float(value)
-    finally:
-        distiller.train(was_training)
-    return {key: value / len(batches) for key, value in sums.items()}
-
-
 # ---------------------------------------------------------------------------------------------------
 # The search
 
@@ -287,8 +252,17 @@ def distill_and_validate(cfg, val_dir: str, val_batches: int) -> dict[str, float
     with launcher_env_scope(), PreemptionFlag() as preemption:
         trainer = Trainer(cfg)
         trainer.fit(preemption)
-        batches = validation_batches(val_dir, cfg.train.micro_batch_size, val_batches, cfg.train.seed)
-        return validation_losses(trainer.distiller, batches, trainer.device)
+        return held_out_losses(trainer.distiller, val_dir, cfg, val_batches, trainer.device)
+
+
+def held_out_losses(distiller, val_dir: str, cfg, val_batches: int, device: torch.device) -> dict[str, float]:
+    """Each loss term of ``distiller`` (``hs``, ``loss``) averaged over the first ``val_batches``
+    micro-batches of ``val_dir``: the engine's validation pass (engine/evaluate.py), in one process."""
+    from pretrain_distill.engine.evaluate import evaluate, load_validation_batches
+
+    batches = load_validation_batches(val_dir, cfg.train.micro_batch_size, val_batches, seed=cfg.train.seed)
+    losses = evaluate(distiller, batches, None, device, cfg.train.seed)
+    return {("loss" if k == "val_loss" else k.removeprefix("val_loss_")): v for k, v in losses.items()}
 
 
 def _write_json(path: Path, data: Any) -> None:

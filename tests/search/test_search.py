@@ -22,12 +22,11 @@ from pretrain_distill.search import (
     Candidate,
     SearchSettings,
     check_candidates,
+    held_out_losses,
     kd_nas_reward,
     ranked,
     search,
     split_shards,
-    validation_batches,
-    validation_losses,
 )
 
 
@@ -83,8 +82,11 @@ def test_holdout_split_writes_two_views(three_shards, tmp_path):
     assert split_shards(str(three_shards), val_dir, 1, tmp_path / "x") == (str(three_shards), val_dir)
 
 
-def test_validation_losses_average_eval_mode_and_restore_mode(tiny_teacher_dir, three_shards, tmp_path):
+def test_held_out_losses_average_eval_mode_and_restore_mode(tiny_teacher_dir, three_shards, tmp_path):
+    from types import SimpleNamespace
+
     from pretrain_distill.config import ObjectiveConfig, TeacherConfig
+    from pretrain_distill.engine.evaluate import load_validation_batches
     from pretrain_distill.models import build_student, build_teacher
     from pretrain_distill.objectives import Distiller
 
@@ -93,19 +95,17 @@ def test_validation_losses_average_eval_mode_and_restore_mode(tiny_teacher_dir, 
     student = build_student([1, 2, 32, 64], teacher.config)
     student.config.hidden_dropout_prob = 0.5
     distiller = Distiller(ObjectiveConfig(weights={"hs": 1.0}, mapping="single"), student, teacher).train()
-    batches = validation_batches(str(three_shards), 4, 3, seed=1)
-    assert len(batches) == 3
-    assert all(
-        torch.equal(a["input_ids"], b["input_ids"])
-        for a, b in zip(batches, validation_batches(str(three_shards), 4, 3, seed=1))
-    )
-    losses = validation_losses(distiller, batches, torch.device("cpu"))
+    cfg = SimpleNamespace(train=SimpleNamespace(micro_batch_size=4, seed=1))
+    losses = held_out_losses(distiller, str(three_shards), cfg, 3, torch.device("cpu"))
     assert distiller.training  # mode restored
+    batches = [b for _, b in load_validation_batches(str(three_shards), 4, 3, seed=1)]
+    assert len(batches) == 3
     distiller.eval()
     with torch.no_grad():
         expected = sum(float(distiller(b["input_ids"], b["attention_mask"])["hs"]) for b in batches) / 3
     assert losses["hs"] == pytest.approx(expected, rel=1e-6) and losses["loss"] == pytest.approx(expected)
-    assert validation_losses(distiller, batches, torch.device("cpu")) == losses  # eval mode: no dropout noise
+    distiller.train()
+    assert held_out_losses(distiller, str(three_shards), cfg, 3, torch.device("cpu")) == losses  # no dropout
 
 
 def _settings(teacher: Path, shards: Path, **changes) -> SearchSettings:
@@ -211,15 +211,11 @@ def test_resume_refuses_other_settings_and_bad_candidates_train_nothing(
     ("extra", "env", "message"),
     [(["--steps", "0"], {}, "--steps must be >= 1"), ([], {"WORLD_SIZE": "2"}, "one process")],
 )
-def test_command_line_mistakes_are_config_errors(extra, env, message, tmp_path, monkeypatch):
-    from pretrain_distill.cli import COMMANDS
-    from pretrain_distill.cli_util import build_parser
-
+def test_command_line_mistakes_are_one_line_errors(extra, env, message, tmp_path, monkeypatch, capsys):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    parser = build_parser("pretrain-distill", "", COMMANDS, "search")
     args = ["search", "--teacher", "t", "--shards", "s", "--candidates", "3L", "--steps", "2"]
-    parsed = parser.parse_args([*args, "--out", str(tmp_path / "out"), *extra])
-    with pytest.raises(ConfigError, match=message):
-        parsed._run(parsed)
+    assert cli.main([*args, "--out", str(tmp_path / "out"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
