@@ -74,9 +74,12 @@ class ObjectiveConfig:
 class DataConfig:
     # Directory written by `pretrain-distill prepare` (webdataset shards + manifest.json); see docs/data.md.
     shards: str = "runs/shards/wiki"
-    # DataLoader worker processes per rank (0 = read in the training process). Part of the loader
-    # state: a checkpoint resumes only with the same value (and the same world size and batch size).
+    # DataLoader worker processes per rank (0 = read in the training process). Resume is exact with
+    # any value; a checkpoint may also resume with another value / world size / batch size (elastic:
+    # the rest of the epoch is re-split, each remaining sequence read exactly once).
     num_workers: int = 2
+    # Batches each loader worker prepares ahead (DataLoader prefetch_factor; with num_workers > 0).
+    prefetch_factor: int = 2
     # Shuffle window (sequences) per worker, on top of the per-epoch shard order and the in-shard
     # shuffle done by prepare; memory per worker ~ shuffle_buffer x max_length x 2 bytes.
     shuffle_buffer: int = 2048
