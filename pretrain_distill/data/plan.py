@@ -31,7 +31,6 @@ import numpy as np
 
 from pretrain_distill.data.errors import DataError
 
-
 Ranges = list[tuple[int, int]]  # [lo, hi) position ranges, in reading order
 
 
