@@ -124,8 +124,10 @@ class TrainConfig:
     # Checkpoint every N optimizer steps (and at the end), keep the last K.
     save_every: int = 1000
     keep_last: int = 3
-    # "auto": continue from the newest complete checkpoint in output_dir; "none": start over (keeps
-    # old checkpoints until pruned); or the path of a checkpoint directory (checkpoints/step_XXXXXXXX).
+    # "auto": continue from the newest complete checkpoint in output_dir whose files pass their size
+    # and checksum checks (newer damaged ones are skipped with a warning); "none": start a new run
+    # (refused when output_dir already holds checkpoints); "overwrite": start a new run after moving
+    # the old one's outputs to output_dir/replaced-<time>/; or the path of a checkpoint directory.
     resume: str = "auto"
     # Log every N steps (tqdm, JSON lines, TensorBoard).
     log_every: int = 10
