@@ -8,7 +8,7 @@ beside every output as ``config.yaml``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import ClassVar, Literal, Optional, Union
 
 from pretrain_distill.configuration import ConfigError, load_config
 
@@ -38,6 +38,9 @@ class StudentConfig:
     init: Literal["random", "teacher"] = "random"
     # Start from this exported student / run checkpoint instead (multi-stage: OD after HS).
     init_from: str = ""
+
+    # Allowed values of the numeric fields (checked at load time; see configuration.check_range).
+    RANGES: ClassVar[dict[str, str]] = {"layers": ">= 1", "heads": ">= 1", "hidden": ">= 1", "ffn": ">= 1"}
 
 
 @dataclass
@@ -69,6 +72,18 @@ class ObjectiveConfig:
     # DirectMiniLM orthogonality penalty weight (eq. 11; the paper found it worse: off).
     orthogonal_weight: float = 0.0
 
+    RANGES: ClassVar[dict[str, str]] = {
+        "weights": ">= 0",
+        "mapping": ">= 1",
+        "remap_every": ">= 1",
+        "mapping_seed": ">= 0",
+        "temperature": "> 0",
+        "student_layer": ">= 1",
+        "relation_heads": ">= 1",
+        "direct_relation_heads": ">= 1",
+        "orthogonal_weight": ">= 0",
+    }
+
 
 @dataclass
 class DataConfig:
@@ -91,6 +106,14 @@ class DataConfig:
     # Skip a corrupt / empty shard with a warning (its sequences replaced by repeats of others in the
     # same shuffle window, so every rank keeps its step count) instead of stopping with an error.
     skip_bad_shards: bool = False
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "num_workers": ">= 0",
+        "prefetch_factor": ">= 1",
+        "shuffle_buffer": ">= 1",
+        "language_alpha": ">= 0",
+        "mlm_probability": "(0, 1)",
+    }
 
 
 @dataclass
@@ -136,6 +159,25 @@ class TrainConfig:
     nan_skip_budget: int = 0
     # Export the student as a Hugging Face model to <output_dir>/export at the end.
     export: bool = True
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "epochs": "> 0",
+        "max_steps": ">= 0",
+        "micro_batch_size": ">= 1",
+        "grad_accum": ">= 1",
+        "lr": "> 0",
+        "betas": "[0, 1)",
+        "eps": "> 0",
+        "weight_decay": ">= 0",
+        "warmup_ratio": "[0, 1]",
+        "grad_clip": ">= 0",
+        "zero_stage": "[0, 3]",
+        "seed": ">= 0",
+        "save_every": ">= 1",
+        "keep_last": ">= 1",
+        "log_every": ">= 1",
+        "nan_skip_budget": ">= 0",
+    }
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from pretrain_distill.engine.checkpoint import CheckpointStore, read_metadata
+from pretrain_distill.engine.checkpoint import CheckpointStore, verify_checkpoint
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,11 +104,11 @@ def export_run(
     """Export the student of ``checkpoint`` (default: newest complete) to ``out`` (default ``run_dir/export``)."""
     run_dir = Path(run_dir)
     if checkpoint is None:
-        checkpoint = CheckpointStore(run_dir / "checkpoints", keep_last=1).latest()
+        checkpoint = CheckpointStore(run_dir / "checkpoints", keep_last=1).latest_verified()
         if checkpoint is None:
             raise FileNotFoundError(f"{run_dir}: no complete checkpoint under checkpoints/ to export")
     checkpoint = Path(checkpoint)
-    metadata = read_metadata(checkpoint)
+    metadata = verify_checkpoint(checkpoint)  # names a missing / truncated / altered file
     tokenizer_dir = run_dir / "tokenizer"
     if not tokenizer_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no tokenizer/ directory (written when the run started)")

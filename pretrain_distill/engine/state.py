@@ -24,6 +24,7 @@ import dataclasses
 import json
 import logging
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,15 +138,58 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(checkpoint: Path, engine: Any, loader: Any, dist_env: DistEnv, seed: int) -> TrainState:
-    """Restore the engine (weights, optimizer, scheduler), the loader position and this rank's RNG;
-    returns the counters. ``checkpoint`` must have been verified (``verify_checkpoint``)."""
+def deepspeed_source(
+    checkpoint: Path | None, ds_config: dict[str, Any], dist_env: DistEnv, run_dir: Path
+) -> Path | None:
+    """Where DeepSpeed loads ``checkpoint`` from; call before ``deepspeed.initialize``.
+
+    The checkpoint itself on its own world size, and under ZeRO-0 (one optimizer state, not
+    partitioned). Under ZeRO-1/2/3 on another world size its optimizer state is partitioned for the
+    old ranks: rank 0 converts it to DeepSpeed's universal checkpoint in ``run_dir/universal/``
+    (``ds_to_universal``, reading through :func:`restricted_torch_load`), ``ds_config`` is set to load
+    that, and every rank waits for it.
+    """
+    if checkpoint is None:
+        return None
+    stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+    if read_metadata(checkpoint)["world_size"] == dist_env.world_size or stage == 0:
+        return checkpoint
+    target = run_dir / "universal" / checkpoint.name
+    if dist_env.is_main:
+        from argparse import Namespace
+
+        from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+        shutil.rmtree(target, ignore_errors=True)
+        args = Namespace(
+            input_folder=str(checkpoint),
+            output_folder=str(target),
+            num_extract_workers=1,
+            num_merge_workers=1,
+            keep_temp_folder=False,
+            strict=True,
+            inject_missing_state=True,  # our checkpoints have no TP / PP: the default info fits
+        )
+        with restricted_torch_load():
+            ds_to_universal(args)
+    barrier()
+    ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
+    return target
+
+
+def load_checkpoint(
+    checkpoint: Path, engine: Any, loader: Any, dist_env: DistEnv, seed: int, source: Path | None = None
+) -> TrainState:
+    """Restore the engine (weights, optimizer, scheduler; from ``source``, see :func:`deepspeed_source`),
+    the loader position and this rank's RNG; returns the counters. ``checkpoint`` must have been
+    verified (``verify_checkpoint``)."""
     meta = read_metadata(checkpoint)
     state = TrainState(**meta["state"])
+    source = source or checkpoint
     with restricted_torch_load():
-        path, _ = engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+        path, _ = engine.load_checkpoint(str(source.parent), tag=source.name)
     if path is None:
-        raise RuntimeError(f"DeepSpeed could not load the checkpoint in {checkpoint}")
+        raise RuntimeError(f"DeepSpeed could not load the checkpoint in {source}")
     loader.load_state_dict(json.loads((checkpoint / LOADER_FILE).read_text()))
     if meta["world_size"] == dist_env.world_size:
         load_rng(checkpoint / _rank_file(dist_env.rank))

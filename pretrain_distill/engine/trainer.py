@@ -34,7 +34,7 @@ from pretrain_distill.engine.ds_config import build_deepspeed_config
 from pretrain_distill.engine.logging import MetricsLogger
 from pretrain_distill.engine.schedule import build_lr_scheduler
 from pretrain_distill.engine.signals import PreemptionFlag
-from pretrain_distill.engine.state import TrainState, load_checkpoint, save_checkpoint
+from pretrain_distill.engine.state import TrainState, deepspeed_source, load_checkpoint, save_checkpoint
 
 
 class Preempted(RuntimeError):
@@ -191,6 +191,7 @@ class Trainer:
         self.run_dir = Path(cfg.train.output_dir)
         self.store = CheckpointStore(self.run_dir / "checkpoints", cfg.train.keep_last)
         self.resume_from = resolve_resume(cfg.train.resume, self.store)
+        self.resume_source = deepspeed_source(self.resume_from, ds_config, self.dist, self.run_dir)
 
         # Inputs first (cheap, and the usual mistakes): init_from, tokenizer, shards.
         student_cfg = replace(cfg.student, init_from=resolve_init_from(cfg.student.init_from))
@@ -232,7 +233,7 @@ class Trainer:
         self.state = TrainState()
         if self.resume_from is not None:
             self.state = load_checkpoint(
-                self.resume_from, self.engine, self.loader, self.dist, cfg.train.seed
+                self.resume_from, self.engine, self.loader, self.dist, cfg.train.seed, self.resume_source
             )
         elif self.dist.is_main:
             if cfg.train.resume == "overwrite":
