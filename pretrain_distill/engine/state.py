@@ -190,6 +190,10 @@ def load_checkpoint(
         path, _ = engine.load_checkpoint(str(source.parent), tag=source.name)
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint in {source}")
+    if source != checkpoint:  # the universal copy served its purpose
+        barrier()
+        if dist_env.is_main:
+            shutil.rmtree(source.parent, ignore_errors=True)
     loader.load_state_dict(json.loads((checkpoint / LOADER_FILE).read_text()))
     if meta["world_size"] == dist_env.world_size:
         load_rng(checkpoint / _rank_file(dist_env.rank))
