@@ -121,7 +121,10 @@ def test_complete_marker_records_sizes_and_checksums(tmp_path):
     path = store.commit(4, {})
     files = read_metadata(path)["files"]
     assert files == {
-        "sub/w.bin": {"bytes": 3, "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}
+        "sub/w.bin": {
+            "bytes": 3,
+            "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        }
     }
     assert verify_checkpoint(path)["step"] == 4
 

@@ -160,7 +160,8 @@ def runs(tiny_teacher_dir, split_shards, tmp_path_factory) -> Runs:
     return Runs(tiny_teacher_dir, split_shards, tmp_path_factory.mktemp("faults"))
 
 
-@pytest.mark.parametrize("workers", [2, 3])  # 0 workers: the preemption case below, and test_engine_multiprocess
+# 0 workers: the preemption case below (and test_engine_multiprocess)
+@pytest.mark.parametrize("workers", [2, 3])
 def test_sigkill_at_a_random_step_then_resume_is_exact(runs, tmp_path, workers):
     step = random.Random(SEED + workers).randint(1, STEPS - 1)
     context = f"workers={workers}, SIGKILL after step {step} (PD_FAULT_SEED={SEED})"
@@ -180,7 +181,8 @@ def test_preemption_signal_then_resume_is_exact(runs, tmp_path, sig, workers):
     assert_same(outcome(runs.resume(tmp_path / "run", workers)), runs.reference(workers), context)
 
 
-@pytest.mark.parametrize("at", ["save"])  # "commit" (all files, no marker): in the randomised rounds
+# "commit" (all files written, no marker yet): in the randomised rounds
+@pytest.mark.parametrize("at", ["save"])
 def test_sigkill_inside_a_checkpoint_write_loses_nothing(runs, tmp_path, at):
     killed = runs.child(tmp_path / "run", 2, at, 6)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
