@@ -11,6 +11,10 @@ share of the epoch order in windows of ``shuffle_buffer`` sequences and emits ea
 seeded random order (a bounded in-memory shuffle on top of the per-epoch shard order and the in-shard
 shuffle done by ``prepare``). Because the window permutation depends only on the seed and the window's
 position, a restart skips whole shards by their manifest counts and decodes only the current window.
+
+Resume: ``state_dict()`` is one JSON position ``(epoch, step, todo, layout)``. Loaded with the same
+layout (world size, workers, batch size) it continues exactly; with another (elastic resume) the rest of
+the epoch, ``todo``, is what the old layout had not read, split anew, so that epoch is shorter.
 """
 
 from __future__ import annotations
