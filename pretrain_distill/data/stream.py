@@ -20,6 +20,7 @@ the epoch, ``todo``, is what the old layout had not read, split anew, so that ep
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
@@ -246,6 +247,17 @@ def _as_numpy(rows: Rows) -> Rows:
     return rows
 
 
+# A job's preemption SIGTERM (SLURM, kill of the process group) reaches the loader workers too; the
+# training process handles it (finishes the step, saves, stops), and the step needs its workers alive.
+WORKER_IGNORED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def _worker_init(_: int) -> None:
+    """Loader workers leave preemption signals to the training process, which stops them itself."""
+    for sig in WORKER_IGNORED_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _loader_seed(*counters: int) -> int:
     return int(np.random.SeedSequence(list(counters)).generate_state(1)[0])
 
@@ -301,6 +313,7 @@ class ShardLoader:
                 collate_fn=_as_numpy,
                 prefetch_factor=self.prefetch_factor,
                 generator=generator,
+                worker_init_fn=_worker_init,
             )
         )
 

@@ -19,10 +19,11 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
-from engine_helpers import run_python, tiny_config, tiny_overrides
+from engine_helpers import PYTHON, REPO, subprocess_env, tiny_config, tiny_overrides
 from safetensors.torch import load_file
 
 from pretrain_distill import cli
@@ -49,7 +50,10 @@ from pretrain_distill.engine import checkpoint, logging as metrics_logging, stat
 fault = json.loads(sys.argv[2])
 def trip(where, step):
     if where == fault["at"] and step == fault["step"]:
-        os.kill(os.getpid(), getattr(signal, "SIG" + fault["signal"]))
+        if fault["signal"] == "TERM_GROUP":  # as SLURM / kill of a job: every process, workers too
+            os.killpg(0, signal.SIGTERM)
+        else:
+            os.kill(os.getpid(), getattr(signal, "SIG" + fault["signal"]))
 log = metrics_logging.MetricsLogger.log
 def log_then_trip(self, step, metrics):
     log(self, step, metrics)
@@ -113,11 +117,11 @@ def split_shards(tmp_path_factory, tokenizer) -> Path:
 
 
 class Runs:
-    """Uninterrupted reference runs (one per worker count) and interrupted copies of them."""
+    """Uninterrupted reference runs (one per setting) and interrupted copies of them."""
 
     def __init__(self, teacher: Path, shards: Path, root: Path) -> None:
         self.teacher, self.shards, self.root = teacher, shards, root
-        self._references: dict[int, tuple[list, dict]] = {}
+        self._references: dict[tuple, tuple[list, dict]] = {}
 
     def overrides(self, out: Path, workers: int, *more: str) -> list[str]:
         return tiny_overrides(self.teacher, self.shards, out, *_extra(workers, *more))
@@ -125,15 +129,28 @@ class Runs:
     def resume(self, out: Path, workers: int, *more: str) -> Path:
         return train(tiny_config(self.teacher, self.shards, out, *_extra(workers, *more)))
 
-    def reference(self, workers: int) -> tuple[list, dict]:
-        if workers not in self._references:
-            out = self.root / f"reference_{workers}"
-            self._references[workers] = outcome(self.resume(out, workers))
-        return self._references[workers]
+    def reference(self, workers: int, *more: str) -> tuple[list, dict]:
+        key = (workers, *more)
+        if key not in self._references:
+            out = self.root / f"reference_{len(self._references)}"
+            self._references[key] = outcome(self.resume(out, workers, *more))
+            if key == (0,):
+                shutil.copytree(out, self.root / "reference_0_workers")
+        return self._references[key]
 
-    def child(self, out: Path, workers: int, at: str, step: int, sig: str = "KILL"):
+    def child(self, out: Path, workers: int, at: str, step: int, sig: str = "KILL", *more: str):
+        """Run a child with the fault; in its own process group (its loader workers with it)."""
         fault = json.dumps({"at": at, "step": step, "signal": sig})
-        return run_python(CHILD, json.dumps(self.overrides(out, workers)), fault, timeout=300)
+        cmd = [PYTHON, "-c", CHILD, json.dumps(self.overrides(out, workers, *more)), fault]
+        return subprocess.run(
+            cmd,
+            cwd=REPO,
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            start_new_session=True,
+        )
 
 
 def outcome(run_dir: Path) -> tuple[list, dict]:
@@ -170,15 +187,26 @@ def test_sigkill_at_a_random_step_then_resume_is_exact(runs, tmp_path, workers):
     assert_same(outcome(runs.resume(tmp_path / "run", workers)), runs.reference(workers), context)
 
 
-@pytest.mark.parametrize("sig,workers", [("TERM", 0), ("USR1", 2)])
-def test_preemption_signal_then_resume_is_exact(runs, tmp_path, sig, workers):
+# TERM_GROUP: SIGTERM to every process of the run, loader workers too (as a job's preemption does);
+# with 3 micro-batches per step and 1 batch prefetched per worker, the step in progress needs workers
+# that outlive the signal.
+@pytest.mark.parametrize(
+    "sig,workers,more",
+    [
+        ("TERM", 0, ()),
+        ("USR1", 2, ()),
+        ("TERM_GROUP", 2, ("train.grad_accum=3", "data.prefetch_factor=1")),
+    ],
+)
+def test_preemption_signal_then_resume_is_exact(runs, tmp_path, sig, workers, more):
     step = random.Random(SEED + 10 + workers).randint(1, STEPS - 2)
     context = f"workers={workers}, SIG{sig} after step {step} (PD_FAULT_SEED={SEED})"
-    stopped = runs.child(tmp_path / "run", workers, "log", step, sig)
+    stopped = runs.child(tmp_path / "run", workers, "log", step, sig, *more)
     assert stopped.returncode == EXIT_PREEMPTED, stopped.stderr[-3000:]
     latest = CheckpointStore(tmp_path / "run" / "checkpoints", 3).latest()
     assert read_metadata(latest)["state"]["step"] == step + 1  # the step in progress is finished, saved
-    assert_same(outcome(runs.resume(tmp_path / "run", workers)), runs.reference(workers), context)
+    resumed = runs.resume(tmp_path / "run", workers, *more)
+    assert_same(outcome(resumed), runs.reference(workers, *more), context)
 
 
 # "commit" (all files written, no marker yet): in the randomised rounds
@@ -261,7 +289,7 @@ def test_bad_shard_is_one_line_under_workers(runs, tmp_path, capfd, damage):
 def test_a_run_directory_belongs_to_one_run(runs, tmp_path):
     run = tmp_path / "run"
     runs.reference(0)
-    shutil.copytree(runs.root / "reference_0", run)
+    shutil.copytree(runs.root / "reference_0_workers", run)
     with pytest.raises(
         ConfigError, match=f"train.output_dir={run} holds checkpoints.*train.resume=overwrite"
     ):
@@ -274,7 +302,14 @@ def test_a_run_directory_belongs_to_one_run(runs, tmp_path):
     assert "2 optimizer steps" in (export_run(run) / "README.md").read_text()  # the new run's model
 
 
-FAULTS = [("log", "KILL"), ("log", "TERM"), ("log", "USR1"), ("save", "KILL"), ("commit", "KILL")]
+FAULTS = [
+    ("log", "KILL"),
+    ("log", "TERM"),
+    ("log", "TERM_GROUP"),
+    ("log", "USR1"),
+    ("save", "KILL"),
+    ("commit", "KILL"),
+]
 
 
 @pytest.mark.skipif(not ROUNDS, reason="the long randomised variant: set PD_FAULT_ROUNDS=N")
