@@ -19,8 +19,10 @@ the epoch, ``todo``, is what the old layout had not read, split anew, so that ep
 
 from __future__ import annotations
 
+import atexit
 import logging
 import signal
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
@@ -258,6 +260,14 @@ def _worker_init(_: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def _close_at_exit(loader: weakref.ref) -> None:
+    """Stop a loader's workers the orderly way before ``multiprocessing``'s exit hook would SIGTERM them
+    (which they ignore): registered after that hook, so it runs first."""
+    alive = loader()
+    if alive is not None:
+        alive.close()
+
+
 def _loader_seed(*counters: int) -> int:
     return int(np.random.SeedSequence(list(counters)).generate_state(1)[0])
 
@@ -281,6 +291,7 @@ class ShardLoader:
         self.todo: plan.Ranges | None = None  # ranges of the epoch order this layout reads
         self.step = 0  # batches of ``epoch`` already yielded
         self._batches: Iterator[Rows | DataError] | None = None
+        self._exit_hook = False
 
     def __len__(self) -> int:
         return self.dataset.steps_per_epoch
@@ -297,7 +308,11 @@ class ShardLoader:
 
     def _go(self, epoch: int, todo: plan.Ranges | None, step: int) -> None:
         self.epoch, self.todo, self.step = epoch, todo, step
-        self._batches = None
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker pipeline (the next iteration starts a new one at the position)."""
+        self._batches = None  # the DataLoader iterator shuts its workers down when dropped
 
     def _open(self) -> Iterator[Rows | DataError]:
         d = self.dataset
@@ -305,6 +320,9 @@ class ShardLoader:
         if not d.num_workers:
             return iter(d)
         generator = torch.Generator().manual_seed(_loader_seed(d.seed, d.rank, self.epoch, self.step))
+        if not self._exit_hook:
+            atexit.register(_close_at_exit, weakref.ref(self))
+            self._exit_hook = True
         return iter(
             DataLoader(
                 d,
