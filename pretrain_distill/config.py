@@ -165,7 +165,7 @@ class TrainConfig:
         "max_steps": ">= 0",
         "micro_batch_size": ">= 1",
         "grad_accum": ">= 1",
-        "lr": "> 0",
+        "lr": ">= 0",  # 0: a frozen run (tests use it)
         "betas": "[0, 1)",
         "eps": "> 0",
         "weight_decay": ">= 0",

@@ -31,7 +31,7 @@ def test_every_numeric_field_declares_a_range():
     "override,message",
     [
         ("train.save_every=-5", "train.save_every: must be >= 1, got -5"),
-        ("train.lr=-1", "train.lr: must be > 0, got -1.0"),
+        ("train.lr=-1", "train.lr: must be >= 0, got -1.0"),
         ("data.mlm_probability=1.5", r"data.mlm_probability: must be in \(0, 1\), got 1.5"),
         ("train.betas=[0.9, 1.0]", r"train.betas\[1\]: must be in \[0, 1\), got 1.0"),
         ("objective.weights={hs: -1}", "objective.weights.hs: must be >= 0, got -1.0"),
