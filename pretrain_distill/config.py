@@ -8,7 +8,7 @@ beside every output as ``config.yaml``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import ClassVar, Literal, Optional, Union
 
 from pretrain_distill.configuration import ConfigError, load_config
 
@@ -38,6 +38,9 @@ class StudentConfig:
     init: Literal["random", "teacher"] = "random"
     # Start from this exported student / run checkpoint instead (multi-stage: OD after HS).
     init_from: str = ""
+
+    # Allowed values of the numeric fields (checked at load time; see configuration.check_range).
+    RANGES: ClassVar[dict[str, str]] = {"layers": ">= 1", "heads": ">= 1", "hidden": ">= 1", "ffn": ">= 1"}
 
 
 @dataclass
@@ -69,14 +72,29 @@ class ObjectiveConfig:
     # DirectMiniLM orthogonality penalty weight (eq. 11; the paper found it worse: off).
     orthogonal_weight: float = 0.0
 
+    RANGES: ClassVar[dict[str, str]] = {
+        "weights": ">= 0",
+        "mapping": ">= 1",
+        "remap_every": ">= 1",
+        "mapping_seed": ">= 0",
+        "temperature": "> 0",
+        "student_layer": ">= 1",
+        "relation_heads": ">= 1",
+        "direct_relation_heads": ">= 1",
+        "orthogonal_weight": ">= 0",
+    }
+
 
 @dataclass
 class DataConfig:
     # Directory written by `pretrain-distill prepare` (webdataset shards + manifest.json); see docs/data.md.
     shards: str = "runs/shards/wiki"
-    # DataLoader worker processes per rank (0 = read in the training process). Part of the loader
-    # state: a checkpoint resumes only with the same value (and the same world size and batch size).
+    # DataLoader worker processes per rank (0 = read in the training process). Resume is exact with
+    # any value; a checkpoint may also resume with another value / world size / batch size (elastic:
+    # the rest of the epoch is re-split, each remaining sequence read exactly once).
     num_workers: int = 2
+    # Batches each loader worker prepares ahead (DataLoader prefetch_factor; with num_workers > 0).
+    prefetch_factor: int = 2
     # Shuffle window (sequences) per worker, on top of the per-epoch shard order and the in-shard
     # shuffle done by prepare; memory per worker ~ shuffle_buffer x max_length x 2 bytes.
     shuffle_buffer: int = 2048
@@ -92,6 +110,14 @@ class DataConfig:
     # when `prepare --validation-fraction F` (or --validation-source) wrote it, else no validation;
     # "none" = no validation; or the path of a prepared shard directory (same tokenizer).
     validation: str = ""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "num_workers": ">= 0",
+        "prefetch_factor": ">= 1",
+        "shuffle_buffer": ">= 1",
+        "language_alpha": ">= 0",
+        "mlm_probability": "(0, 1)",
+    }
 
 
 @dataclass
@@ -125,8 +151,10 @@ class TrainConfig:
     # Checkpoint every N optimizer steps (and at the end), keep the last K.
     save_every: int = 1000
     keep_last: int = 3
-    # "auto": continue from the newest complete checkpoint in output_dir; "none": start over (keeps
-    # old checkpoints until pruned); or the path of a checkpoint directory (checkpoints/step_XXXXXXXX).
+    # "auto": continue from the newest complete checkpoint in output_dir whose files pass their size
+    # and checksum checks (newer damaged ones are skipped with a warning); "none": start a new run
+    # (refused when output_dir already holds checkpoints); "overwrite": start a new run after moving
+    # the old one's outputs to output_dir/replaced-<time>/; or the path of a checkpoint directory.
     resume: str = "auto"
     # Log every N steps (tqdm, JSON lines, TensorBoard).
     log_every: int = 10
@@ -148,6 +176,27 @@ class TrainConfig:
     # Other levers are fields above: teacher.dtype (bf16 weights), train.micro_batch_size. AdamW is
     # always torch's fused implementation (its found_inf input skips a non-finite step on the device).
     compile: str = "none"
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "epochs": "> 0",
+        "max_steps": ">= 0",
+        "micro_batch_size": ">= 1",
+        "grad_accum": ">= 1",
+        "lr": ">= 0",  # 0: a frozen run (tests use it)
+        "betas": "[0, 1)",
+        "eps": "> 0",
+        "weight_decay": ">= 0",
+        "warmup_ratio": "[0, 1]",
+        "grad_clip": ">= 0",
+        "zero_stage": "[0, 3]",
+        "seed": ">= 0",
+        "save_every": ">= 1",
+        "keep_last": ">= 1",
+        "log_every": ">= 1",
+        "eval_every": ">= 1",
+        "eval_batches": ">= 1",
+        "nan_skip_budget": ">= 0",
+    }
 
 
 @dataclass

@@ -9,7 +9,8 @@ Composition rules (in order, later wins):
    ``train.lr=3e-4``, ``objective.mapping=[[2],[4],[6]]`` and ``student.preset=null`` all work).
 
 The merged mapping is validated into dataclasses: unknown keys and wrong types raise
-:class:`ConfigError` naming the key (with a "did you mean" suggestion). The same machinery serves the
+:class:`ConfigError` naming the key (with a "did you mean" suggestion), and so do numbers outside the
+range a dataclass declares for them in its ``RANGES`` class attribute (``{"lr": "> 0", ...}``). The same machinery serves the
 fine-tuning stage (``finetune.config``); each dataclass documents its fields where they are declared.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -198,7 +200,45 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
         if isinstance(err, ConfigError):
             raise
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {err}") from err
+    for name, spec in getattr(cls, "RANGES", {}).items():
+        check_range(getattr(obj, name), spec, f"{prefix}{name}")
     return obj
+
+
+_RANGE = re.compile(r"^\s*(?:(>=|>|<=|<)\s*(\S+)|([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])]))\s*$")
+
+
+def check_range(value: Any, spec: str, key: str) -> None:
+    """Check a number (or every number inside a list / tuple / dict value) against ``spec``.
+
+    ``spec`` is ``">= 0"``, ``"> 0"``, ``"<= 1"``, ``"< 1"`` or an interval ``"[0, 1)"`` (square =
+    closed, round = open). ``None`` and strings (e.g. ``"auto"`` alternatives) are not numbers: skipped.
+    """
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_range(v, spec, f"{key}.{k}")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_range(v, spec, f"{key}[{i}]")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    match = _RANGE.match(spec)
+    if match is None:
+        raise ValueError(f"bad range spec {spec!r} for {key}")
+    op, bound, left, lo, hi, right = match.groups()
+    if op:
+        b = float(bound)
+        ok = {">=": value >= b, ">": value > b, "<=": value <= b, "<": value < b}[op]
+        wanted = f"{op} {bound}"
+    else:
+        ok = (value >= float(lo) if left == "[" else value > float(lo)) and (
+            value <= float(hi) if right == "]" else value < float(hi)
+        )
+        wanted = f"in {left}{lo}, {hi}{right}"
+    if not ok or value != value:  # NaN is in no range
+        raise ConfigError(f"{key}: must be {wanted}, got {value!r}")
 
 
 def to_dict(obj: Any) -> Any:

@@ -14,17 +14,24 @@ and a restart can jump to any step by arithmetic.
    runs the same number of steps ``S = ceil(ceil(N / world_size) / batch_size)``: batches are full
    except the last one(s) of a rank with fewer sequences, so every sequence is used exactly once.
 4. Step ``i`` of a rank is produced by loader worker ``i % num_workers``; a worker's share is the
-   contiguous sub-range holding the sequences of its steps.
+   contiguous sub-range holding the sequences of its steps, read in shuffle windows
+   (:func:`window_order`).
+
+Elastic resume: :func:`remaining` gives, for a position ``(step, layout)``, the positions of the epoch
+order nobody has read yet; a new layout (other world size / workers / batch size) splits just those
+(``select`` + the same steps 3-4 over their count), so each is read exactly once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
 from pretrain_distill.data.errors import DataError
+
+Ranges = list[tuple[int, int]]  # [lo, hi) position ranges, in reading order
 
 
 class Piece(NamedTuple):
@@ -151,3 +158,82 @@ def worker_share(
     lo += int(sum(sizes[w::num_workers].sum() for w in range(worker)))
     mine = sizes[worker::num_workers]
     return WorkerShare(np.arange(worker, len(sizes), num_workers), mine, lo, lo + int(mine.sum()))
+
+
+def window_order(seed: int, epoch: int, position: int, size: int) -> np.ndarray:
+    """The seeded reading order of the shuffle window of ``size`` rows starting at ``position``."""
+    return np.random.default_rng([seed, epoch, position]).permutation(size)
+
+
+def select(pieces: Sequence[Piece], ranges: Ranges) -> list[Piece]:
+    """The pieces covering ``ranges`` (in their order) of the concatenation of ``pieces``."""
+    ends = np.cumsum([p.stop - p.start for p in pieces])
+    out = []
+    for lo, hi in ranges:
+        first = int(np.searchsorted(ends, lo, side="right"))
+        base = int(ends[first - 1]) if first else 0
+        out += slice_pieces(pieces[first:], lo - base, hi - base)
+    return out
+
+
+def compose(outer: Ranges, inner: Ranges) -> Ranges:
+    """Positions ``inner`` of the concatenation of the ranges ``outer``, as ranges of the base order."""
+    starts = np.cumsum([0] + [hi - lo for lo, hi in outer])
+    out: Ranges = []
+    for lo, hi in inner:
+        k = int(np.searchsorted(starts, lo, side="right")) - 1
+        while lo < hi:
+            take = min(hi, int(starts[k + 1])) - lo
+            base = outer[k][0] + lo - int(starts[k])
+            out.append((base, base + take))
+            lo += take
+            k += 1
+    return _merge(out)
+
+
+def remaining(
+    total: int,
+    world_size: int,
+    num_workers: int,
+    batch_size: int,
+    step: int,
+    window: int,
+    order: Callable[[int, int], np.ndarray],
+) -> Ranges:
+    """Positions of ``[0, total)`` not yet read once every rank has taken ``step`` batches.
+
+    A worker reads its share in windows of ``window`` positions, each in the order
+    ``order(position, size)`` (:func:`window_order`): whole windows are read, then part of one.
+    """
+    out: Ranges = []
+    for rank in range(world_size):
+        for worker in range(num_workers):
+            share = worker_share(total, rank, world_size, batch_size, worker, num_workers)
+            full, partial = divmod(int(share.sizes[share.steps < step].sum()), window)
+            cut = share.lo + full * window
+            if partial:
+                size = min(window, share.hi - cut)
+                out += _runs(np.sort(order(cut, size)[partial:]) + cut)
+                cut += size
+            if cut < share.hi:
+                out.append((cut, share.hi))
+    return _merge(sorted(out))
+
+
+def _runs(positions: np.ndarray) -> Ranges:
+    """Ascending positions as ranges of consecutive ones."""
+    if not len(positions):
+        return []
+    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+    return [(int(run[0]), int(run[-1]) + 1) for run in np.split(positions, breaks)]
+
+
+def _merge(ranges: Ranges) -> Ranges:
+    """Join ranges that touch (``[a, b), [b, c)`` -> ``[a, c)``), keeping their order."""
+    out: Ranges = []
+    for lo, hi in ranges:
+        if out and out[-1][1] == lo:
+            out[-1] = (out[-1][0], hi)
+        elif lo < hi:
+            out.append((lo, hi))
+    return out

@@ -69,7 +69,8 @@ def read_rows(
     except (OSError, tarfile.TarError, ValueError, EOFError) as err:
         if isinstance(err, DataError):
             raise
-        raise DataError(f"shard {path}: unreadable at block {row // block_size}: {err}") from err
+        reason = err.args[0] if isinstance(err, tarfile.TarError) and err.args else err  # not its stream
+        raise DataError(f"shard {path}: unreadable at block {row // block_size}: {reason}") from err
     if row < stop:
         raise DataError(f"shard {path}: truncated or empty: ends at row {row}, the manifest says {total}")
 

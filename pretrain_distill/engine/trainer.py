@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from pretrain_distill.config import RunConfig
 from pretrain_distill.configuration import ConfigError, save_config
-from pretrain_distill.engine.checkpoint import CheckpointStore
+from pretrain_distill.engine.checkpoint import CheckpointError, CheckpointStore, set_aside, verify_checkpoint
 from pretrain_distill.engine.distributed import (
     DistEnv,
     all_reduce_sum,
@@ -37,7 +37,7 @@ from pretrain_distill.engine.logging import MetricsLogger
 from pretrain_distill.engine.schedule import build_lr_scheduler
 from pretrain_distill.engine.signals import PreemptionFlag
 from pretrain_distill.engine.speed import compile_layers
-from pretrain_distill.engine.state import TrainState, load_checkpoint, save_checkpoint
+from pretrain_distill.engine.state import TrainState, deepspeed_source, load_checkpoint, save_checkpoint
 from pretrain_distill.engine.summary import trainer_summary
 
 
@@ -82,14 +82,27 @@ def resolve_init_from(path: str) -> str:
 
 
 def resolve_resume(resume: str, store: CheckpointStore) -> Path | None:
-    """``train.resume``: ``auto`` = newest complete checkpoint (or none), ``none``, or a checkpoint path."""
+    """``train.resume``: ``auto`` = newest verified checkpoint (or none), ``none`` (refused where
+    checkpoints exist), ``overwrite`` (start over; the caller moves the old run aside), or a path."""
+    if resume == "overwrite":
+        return None
     if resume == "none":
+        if store.complete():
+            raise ConfigError(
+                f"train.output_dir={store.root.parent} holds checkpoints of a run (newest "
+                f"{store.complete()[-1][1].name}): continue it with train.resume=auto, or start over with "
+                "train.resume=overwrite (moves the old run aside)"
+            )
         return None
     if resume == "auto":
-        return store.latest()
+        return store.latest_verified()
     path = Path(resume)
     if not (path / "COMPLETE").is_file():
         raise ConfigError(f"train.resume: {resume} is not a complete checkpoint directory")
+    try:
+        verify_checkpoint(path)
+    except CheckpointError as err:
+        raise ConfigError(f"train.resume: {err}") from None
     return path
 
 
@@ -194,6 +207,7 @@ class Trainer:
         self.run_dir = Path(cfg.train.output_dir)
         self.store = CheckpointStore(self.run_dir / "checkpoints", cfg.train.keep_last)
         self.resume_from = resolve_resume(cfg.train.resume, self.store)
+        self.resume_source = deepspeed_source(self.resume_from, ds_config, self.dist, self.run_dir)
 
         # Inputs first (cheap, and the usual mistakes): init_from, tokenizer, shards.
         student_cfg = replace(cfg.student, init_from=resolve_init_from(cfg.student.init_from))
@@ -225,7 +239,10 @@ class Trainer:
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.distiller, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
-        torch.manual_seed(cfg.train.seed + self.dist.rank)  # dropout differs per rank
+        # RNG ownership: the global torch RNG belongs to the model (dropout; differs per rank) and is
+        # saved per rank; masking, the loader (its own DataLoader generator) and random mappings draw
+        # from generators seeded by their counters, so nothing else shifts the dropout stream.
+        torch.manual_seed(cfg.train.seed + self.dist.rank)
         # DeepSpeed records the global grad norm in its ZeRO / bf16 / fp16 optimizers, not for plain
         # fp32 ZeRO-0: there we measure it ourselves (grads are all-reduced by then, so it is global).
         self.measure_grad_norm = not (
@@ -235,8 +252,12 @@ class Trainer:
 
         self.state = TrainState()
         if self.resume_from is not None:
-            self.state = load_checkpoint(self.resume_from, self.engine, self.loader, self.dist)
+            self.state = load_checkpoint(
+                self.resume_from, self.engine, self.loader, self.dist, cfg.train.seed, self.resume_source
+            )
         elif self.dist.is_main:
+            if cfg.train.resume == "overwrite":
+                set_aside(self.run_dir)  # before anything of the new run is written
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
             self.tokenizer.save_pretrained(self.run_dir / "tokenizer")

@@ -38,7 +38,9 @@ _MARKER = "distill_config.yaml"  # every export holds it: an existing directory 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="run directory (holds checkpoints/ and tokenizer/)")
     parser.add_argument(
-        "--checkpoint", default=None, help="checkpoint directory (default: the newest complete)"
+        "--checkpoint",
+        default=None,
+        help="checkpoint directory (default: the newest complete one whose sizes and checksums verify)",
     )
     parser.add_argument("--out", default=None, help="output directory (default: <run_dir>/export)")
     parser.add_argument("--format", choices=FORMATS, default="transformers", help="default: transformers")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from pretrain_distill.engine.checkpoint import COMPLETE, CheckpointStore, read_metadata
+from pretrain_distill.engine.checkpoint import COMPLETE, CheckpointStore, verify_checkpoint
 
 
 @dataclass(frozen=True)
@@ -51,16 +50,11 @@ def resolve_source(run_dir: str | Path, checkpoint: str | Path | None = None) ->
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run directory")
     if checkpoint is None:
-        checkpoint = CheckpointStore(run_dir / "checkpoints", keep_last=1).latest()
+        checkpoint = CheckpointStore(run_dir / "checkpoints", keep_last=1).latest_verified()
         if checkpoint is None:
             raise FileNotFoundError(f"{run_dir}: no complete checkpoint under checkpoints/ to export")
     checkpoint = Path(checkpoint)
-    try:
-        metadata = read_metadata(checkpoint)  # FileNotFoundError when incomplete
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{checkpoint / COMPLETE}: not valid JSON ({err}); export another --checkpoint"
-        ) from err
+    metadata = verify_checkpoint(checkpoint)  # CheckpointError naming a missing / truncated / altered file
     for needed in ("student/config.json", "config.yaml"):
         if not (checkpoint / needed).is_file():
             raise FileNotFoundError(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections import Counter
 
 import pytest
@@ -104,13 +106,120 @@ def test_shuffle_is_seeded(make_shards):
     assert a != sorted(a)  # the buffer mixes within a shard range too
 
 
-def test_state_from_another_setup_is_refused(make_shards):
+def test_state_from_another_order_is_refused(make_shards):
     shard_dir = make_shards(COUNTS)
-    state = loader(shard_dir, batch=4, workers=2).state_dict()
-    with pytest.raises(ValueError, match="num_workers: saved 2, now 1"):
-        loader(shard_dir, batch=4, workers=0).load_state_dict(state)
-    with pytest.raises(ValueError, match="batch_size"):
-        loader(shard_dir, batch=5, workers=2).load_state_dict(state)
+    state = loader(shard_dir, batch=4, workers=2, buffer=16).state_dict()
+    assert json.loads(json.dumps(state)) == state  # plain JSON data
+    with pytest.raises(ValueError, match="shuffle_buffer: saved 16, now 8"):
+        loader(shard_dir, batch=4, workers=2, buffer=8).load_state_dict(state)
+    with pytest.raises(ValueError, match="seed"):
+        loader(shard_dir, batch=4, workers=2, seed=3).load_state_dict(state)
+
+
+def take(run: ShardLoader, count: int) -> list[dict[str, torch.Tensor]]:
+    """The next ``count`` batches of ``run`` (the loader keeps its position)."""
+    out = []
+    for batch in run:
+        out.append(batch)
+        if len(out) == count:
+            break
+    return out
+
+
+# (world, workers, batch) before -> after; (old steps taken, or None = all but the last)
+ELASTIC = [
+    ((2, 1, 4), (1, 1, 4), 7),  # 2 ranks -> 1
+    ((1, 1, 4), (2, 1, 4), 11),  # 1 rank -> 2
+    ((2, 2, 4), (3, 3, 5), 5),  # other workers and batch size too
+    ((3, 2, 6), (2, 1, 4), 1),
+    ((2, 3, 5), (1, 2, 5), None),
+]
+
+
+@pytest.mark.parametrize("before,after,stop", ELASTIC)
+def test_elastic_resume_reads_the_rest_of_the_epoch_exactly_once(make_shards, before, after, stop):
+    shard_dir = make_shards(COUNTS)
+    (w0, k0, b0), (w1, k1, b1) = before, after
+    old = [loader(shard_dir, batch=b0, rank=r, world=w0, workers=k0, buffer=16) for r in range(w0)]
+    stop = len(old[0]) - 1 if stop is None else stop
+    seen = Counter(uids(b for run in old for b in take(run, stop)))
+    state = old[0].state_dict()
+    assert all(run.state_dict() == state for run in old)  # one position for all ranks
+    new = [loader(shard_dir, batch=b1, rank=r, world=w1, workers=k1, buffer=16) for r in range(w1)]
+    for run in new:
+        run.load_state_dict(json.loads(json.dumps(state)))
+    rest = [list(run) for run in new]
+    assert len({len(batches) for batches in rest}) == 1  # every rank runs the same number of steps
+    seen.update(uids(b for batches in rest for b in batches))
+    assert seen == Counter(range(sum(COUNTS)))  # none lost, none repeated
+    # the next epoch is a whole one, split the new way
+    assert sorted(uids(b for run in new for b in run)) == list(range(sum(COUNTS)))
+    assert {run.state_dict()["epoch"] for run in new} == {2}
+
+
+def test_elastic_resume_twice_in_one_epoch_with_real_workers(make_shards):
+    shard_dir = make_shards(COUNTS)
+    first = [loader(shard_dir, batch=4, rank=r, world=2, workers=2) for r in range(2)]
+    seen = Counter(uids(b for run in first for b in take(run, 6)))
+    second = loader(shard_dir, batch=3, workers=3)  # 2 ranks -> 1, 2 workers -> 3
+    second.load_state_dict(first[1].state_dict())
+    seen.update(uids(take(second, 9)))
+    third = [loader(shard_dir, batch=5, rank=r, world=2, workers=2) for r in range(2)]
+    for run in third:
+        run.load_state_dict(second.state_dict())
+    seen.update(uids(b for run in third for b in run))
+    assert seen == Counter(range(sum(COUNTS)))
+
+
+def test_elastic_resume_at_an_epoch_end_starts_the_next_epoch(make_shards):
+    shard_dir = make_shards(COUNTS)
+    old = loader(shard_dir, batch=4, world=2)
+    list(take(old, len(old)))  # the last batch taken, the pass not yet closed
+    assert old.state_dict()["step"] == len(old)
+    new = loader(shard_dir, batch=4, world=1)
+    new.load_state_dict(old.state_dict())
+    assert uids(new) == []
+    assert sorted(uids(new)) == list(range(sum(COUNTS)))
+
+
+@pytest.mark.parametrize("workers,prefetch", [(2, 1), (3, 4)])
+def test_workers_resume_exactly_across_epochs(make_shards, workers, prefetch):
+    """One pipeline runs on over epoch ends; a restart anywhere gives the same batches."""
+    shard_dir = make_shards(COUNTS)
+
+    def make():
+        return ShardLoader(ShardStream(shard_dir, 4, 0, 1, workers, 0, 16), prefetch_factor=prefetch)
+
+    run = make()
+    full = [uids(run), uids(run)]  # two epochs
+    for stop in (1, len(run) - 1, len(run) + 3):
+        head = make()
+        taken = uids(take(head, min(stop, len(run))))
+        if stop > len(run):
+            list(head)  # close epoch 0
+            taken += uids(take(head, stop - len(run)))
+        resumed = make()
+        resumed.load_state_dict(head.state_dict())
+        rest = uids(resumed) if stop < len(run) else []
+        rest += uids(resumed)
+        assert taken + rest == full[0] + full[1][: len(taken) + len(rest) - len(full[0])]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty", "missing"])
+def test_worker_errors_read_as_the_same_one_line(make_shards, damage):
+    shard_dir = make_shards(COUNTS, block_size=4)
+    bad = shard_dir / "en-000002.tar"
+    if damage == "missing":
+        bad.unlink()
+    else:
+        bad.write_bytes({"garbage": b"\x00garbage" * 300, "empty": b""}[damage])
+    messages = []
+    for workers in (0, 2):
+        with pytest.raises(DataError) as caught:
+            list(loader(shard_dir, workers=workers))
+        messages.append(re.sub(r"(block|row) \d+", r"\1 N", str(caught.value)))  # workers start elsewhere
+    assert messages[0] == messages[1] and "\n" not in messages[1]
+    assert messages[1].startswith(f"shard {bad}: ") and "Traceback" not in messages[1]
 
 
 def test_language_sampling_proportions(make_shards):

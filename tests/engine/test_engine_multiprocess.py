@@ -107,7 +107,7 @@ def test_two_ranks_via_torchrun_end_identical(tiny_teacher_dir, tiny_shards, tmp
         assert torch.equal(rank0[name], rank1[name]), name
     latest = CheckpointStore(out / "checkpoints", 3).latest()
     assert read_metadata(latest)["world_size"] == 2
-    assert (latest / "rank_00000.pt").is_file() and (latest / "rank_00001.pt").is_file()
+    assert (latest / "rank_00000.safetensors").is_file() and (latest / "rank_00001.safetensors").is_file()
     assert [r["step"] for r in read_metrics(out / "logs" / "metrics.jsonl")] == [1, 2, 3, 4]
     saved = load_file(latest / "student" / "model.safetensors")
     torch.testing.assert_close(

@@ -6,7 +6,7 @@ import pytest
 
 from pretrain_distill.config import RunConfig, TrainConfig
 from pretrain_distill.configuration import ConfigError
-from pretrain_distill.engine.checkpoint import CheckpointStore
+from pretrain_distill.engine.checkpoint import CheckpointError, CheckpointStore
 from pretrain_distill.engine.trainer import mask_seed, resolve_init_from, resolve_resume, total_steps
 
 
@@ -42,10 +42,37 @@ def test_resume_forms(tmp_path):
     first = _checkpoint(tmp_path, 3)
     second = _checkpoint(tmp_path, 6)
     assert resolve_resume("auto", store) == second
-    assert resolve_resume("none", store) is None
+    assert resolve_resume("overwrite", store) is None
     assert resolve_resume(str(first), store) == first
     with pytest.raises(ConfigError, match="not a complete checkpoint"):
         resolve_resume(str(tmp_path), store)
+
+
+def test_resume_none_refuses_a_directory_with_checkpoints(tmp_path):
+    store = CheckpointStore(tmp_path / "checkpoints", keep_last=3)
+    assert resolve_resume("none", store) is None  # nothing there yet
+    _checkpoint(tmp_path, 3)
+    with pytest.raises(ConfigError) as err:
+        resolve_resume("none", store)
+    message = str(err.value)
+    assert "\n" not in message and f"train.output_dir={tmp_path}" in message
+    assert "train.resume=overwrite" in message and "step_00000003" in message
+
+
+def test_damaged_newest_checkpoint_is_skipped_for_auto_and_named_for_a_path(tmp_path, caplog):
+    store = CheckpointStore(tmp_path / "checkpoints", keep_last=3)
+    first = _checkpoint(tmp_path, 3)
+    second = _checkpoint(tmp_path, 6)
+    bad = second / "student" / "config.json"
+    bad.write_text("{}   ")  # another size
+    with caplog.at_level("WARNING"):
+        assert resolve_resume("auto", store) == first
+    assert str(bad) in caplog.text
+    with pytest.raises(ConfigError, match=f"train.resume: {bad}: 5 bytes, 2 were written"):
+        resolve_resume(str(second), store)
+    (first / "student" / "config.json").write_text("[]")  # same size, other bytes
+    with pytest.raises(CheckpointError, match="no checkpoint passes its checks"):
+        resolve_resume("auto", store)  # never a silent fresh start beside damaged checkpoints
 
 
 def test_total_steps():

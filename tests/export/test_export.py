@@ -295,11 +295,14 @@ def test_a_killed_checkpoint_write_is_skipped_and_a_corrupt_one_named(tmp_path, 
     (run / "checkpoints" / ".tmp-step_00000003" / "student").mkdir(parents=True)  # killed mid-write
     assert "1 optimizer steps" not in (export_run(run) / "README.md").read_text()
     assert "2 optimizer steps" in (run / "export" / "README.md").read_text()
-    (run / "checkpoints" / "step_00000002" / "COMPLETE").write_text("{truncated")
+    newest = run / "checkpoints" / "step_00000002"
+    (newest / "COMPLETE").write_text("{truncated")
+    # the default (newest verified) falls back to step 1; an explicit --checkpoint names the bad file
+    assert "1 optimizer steps" in (export_run(run, out=tmp_path / "fallback") / "README.md").read_text()
     capsys.readouterr()
-    assert cli.main(["export", str(run), "--out", str(tmp_path / "m")]) == 2
+    assert cli.main(["export", str(run), "--checkpoint", str(newest), "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "step_00000002/COMPLETE: not valid JSON" in err and len(err.splitlines()) == 1
+    assert "step_00000002/COMPLETE: unreadable marker" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "m").exists()
 
 
