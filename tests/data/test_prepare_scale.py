@@ -260,8 +260,12 @@ def test_wrong_source_writes_nothing_and_the_corrected_command_works(tmp_path, c
     write_cc100(corpus, {"zh": 5})
     out = tmp_path / "o"
     base = ["prepare", "--out", str(out), "--workers", "1", "--max-length", "16", "--no-progress"]
-    assert cli_main([*base, "--source", f"cc100:{tmp_path}/nowhere/*.txt.xz"]) == 1
-    assert cli_main([*base, "--source", f"cc100:{corpus}", "--validation-source", "jsonl:/none"]) == 1
+    assert (
+        cli_main([*base, "--source", f"cc100:{tmp_path}/nowhere/*.txt.xz"]) == 2
+    )  # a user mistake: one line, exit 2
+    assert (
+        cli_main([*base, "--source", f"cc100:{corpus}", "--validation-source", "jsonl:/none"]) == 2
+    )  # a user mistake: one line, exit 2
     assert not out.exists()
     assert (
         cli_main([*base, "--source", f"cc100:{corpus}"]) == 0 and "5 sequences" not in capsys.readouterr().err

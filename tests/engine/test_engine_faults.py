@@ -89,29 +89,9 @@ def _extra(workers: int, *more: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def split_shards(tmp_path_factory, tokenizer) -> Path:
+def split_shards(movie_shards) -> Path:
     """The engine tests' 6 KB of real text as 6 shards (several per loader worker)."""
-    from pretrain_distill.assets import movie_sentences_path
-    from pretrain_distill.data import prepare_shards
-
-    lines = []
-    for line in movie_sentences_path().read_text(encoding="utf-8", errors="replace").splitlines():
-        lines.append(line.split("\t")[-1])
-        if sum(map(len, lines)) > 6000:
-            break
-    src = tmp_path_factory.mktemp("fault_text") / "corpus.txt"
-    src.write_text("\n".join(lines) + "\n")
-    out = tmp_path_factory.mktemp("fault_shards")
-    manifest = prepare_shards(
-        [f"text:{src}#doc=line"],
-        out,
-        tokenizer=tokenizer,
-        max_length=32,
-        workers=1,
-        progress=False,
-        shard_chars=1000,
-        block_size=4,
-    )
+    out, manifest = movie_shards("fault_shards", 6000, shard_chars=1000, block_size=4)
     assert len(manifest["shards"]) >= 5
     return out
 
@@ -278,7 +258,7 @@ def test_bad_shard_is_one_line_under_workers(runs, tmp_path, capfd, damage):
     lines = []
     for workers in (0, 2):
         overrides = tiny_overrides(runs.teacher, shards, tmp_path / f"run{workers}", *_extra(workers))
-        assert cli.main(["train", *overrides]) == 1
+        assert cli.main(["train", *overrides]) == 2  # bad input: exit 2
         err = capfd.readouterr().err
         assert "Traceback" not in err, err[-3000:]
         lines.append([line for line in err.splitlines() if line.startswith("pretrain-distill train: error:")])

@@ -23,24 +23,9 @@ from pretrain_distill.plot import plot_run
 
 
 @pytest.fixture(scope="module")
-def held_out_shards(tmp_path_factory, tokenizer):
+def held_out_shards(movie_shards):
     """~12 KB of movie-review sentences in 32-token sequences, a third of the documents held out."""
-    from conftest import _text
-
-    from pretrain_distill.data import prepare_shards
-
-    src = tmp_path_factory.mktemp("val_text") / "corpus.txt"
-    src.write_text(_text(12000))
-    out = tmp_path_factory.mktemp("val_shards")
-    manifest = prepare_shards(
-        [f"text:{src}#doc=line"],
-        out,
-        tokenizer=tokenizer,
-        max_length=32,
-        workers=1,
-        progress=False,
-        validation_fraction=0.3,
-    )
+    out, manifest = movie_shards("val_shards", 12000, validation_fraction=0.3)
     assert manifest["validation"]["sequences"] >= 16
     return out
 
