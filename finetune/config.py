@@ -8,7 +8,7 @@ unknown keys and wrong types rejected). Every run saves the resolved object as `
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from pretrain_distill.configuration import ConfigError, load_config
 
@@ -42,6 +42,9 @@ class TableConfig:
 @dataclass
 class CustomTaskConfig(TableConfig):
     """A user task (``task: custom``): train and evaluation files with named columns."""
+
+    # Numeric ranges, checked at load time (the error names the key).
+    RANGES: ClassVar[dict[str, str]] = {"dev_fraction": "(0, 1)"}
 
     # Name shown in outputs and reports.
     name: str = "custom"
@@ -98,6 +101,14 @@ class DistillConfig:
     # embeddings and first M layers; widths must match), "auto" (teacher_layers for ild_rtc when the
     # widths match, else pretrained).
     student_init: Literal["auto", "pretrained", "teacher_layers"] = "auto"
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "ce_weight": ">= 0",
+        "kd_weight": ">= 0",
+        "layer_weight": ">= 0",
+        "temperature": "> 0",
+        "rail_dim": ">= 1",
+    }
 
 
 @dataclass
@@ -176,27 +187,30 @@ class FinetuneConfig:
     progress: bool = True
     distill: DistillConfig = field(default_factory=DistillConfig)
 
+    RANGES: ClassVar[dict[str, str]] = {
+        "seeds": ">= 0",
+        "lr": "> 0",
+        "batch_size": ">= 1",
+        "eval_batch_size": ">= 1",
+        "grad_accum": ">= 1",
+        "epochs": "> 0",
+        "max_length": ">= 2",  # [CLS] + [SEP]
+        "warmup_ratio": "[0, 1)",
+        "weight_decay": ">= 0",
+        "grad_clip": ">= 0",
+        "eval_steps": ">= 0",
+        "save_steps": ">= 0",
+        "keep_checkpoints": ">= 1",
+        "log_steps": ">= 1",
+        "num_workers": ">= 0",
+        "max_train_samples": ">= 1",
+        "max_eval_samples": ">= 1",
+        "max_steps": ">= 0",
+    }
+
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
-        for name in (
-            "lr",
-            "batch_size",
-            "eval_batch_size",
-            "max_length",
-            "grad_accum",
-            "log_steps",
-            "keep_checkpoints",
-        ):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ConfigError(f"epochs: must be positive, got {self.epochs}")
-        for name in ("eval_steps", "save_steps", "num_workers", "max_steps"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
 
 
 def load_finetune_config(

@@ -174,7 +174,7 @@ def test_sweep_lists_counts_and_runs_one_index(tmp_path, glue_dir, tiny_encoder_
 def test_config_errors():
     with pytest.raises(ConfigError, match="did you mean lr"):
         load_finetune_config(overrides=["lrr=1e-3"])
-    with pytest.raises(ConfigError, match="epochs: must be positive"):
+    with pytest.raises(ConfigError, match="epochs: must be > 0, got -1"):
         load_finetune_config(overrides=["epochs=-1"])
     with pytest.raises(ConfigError, match="distill.method: expected one of"):
         load_finetune_config(overrides=["distill.method=tinybert"])

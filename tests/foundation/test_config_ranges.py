@@ -7,6 +7,7 @@ import typing
 
 import pytest
 
+from finetune.config import FinetuneConfig, load_finetune_config
 from pretrain_distill.config import RunConfig, load_run_config
 from pretrain_distill.configuration import ConfigError, check_range
 
@@ -18,13 +19,40 @@ def _numeric(tp) -> bool:
     return any(_numeric(arg) for arg in typing.get_args(tp) if arg is not Ellipsis)
 
 
-def test_every_numeric_field_declares_a_range():
-    for name, cls in typing.get_type_hints(RunConfig).items():
+def _dataclasses(cls) -> list[type]:
+    """``cls`` and every dataclass its fields hold (directly, or in a list / Optional)."""
+    found = [cls]
+    for tp in typing.get_type_hints(cls).values():
+        for inner in (tp, *typing.get_args(tp)):
+            if dataclasses.is_dataclass(inner) and inner not in found:
+                found += [c for c in _dataclasses(inner) if c not in found]
+    return found
+
+
+@pytest.mark.parametrize("root", [RunConfig, FinetuneConfig], ids=["distill", "finetune"])
+def test_every_numeric_field_declares_a_range(root):
+    for cls in _dataclasses(root):
         hints = typing.get_type_hints(cls)
         numeric = {f.name for f in dataclasses.fields(cls) if _numeric(hints[f.name])}
         declared = set(getattr(cls, "RANGES", {}))
-        assert numeric == declared, f"{name}: {numeric ^ declared}"
+        assert numeric == declared, f"{cls.__name__}: {numeric ^ declared}"
     load_run_config()  # the defaults satisfy them
+    load_finetune_config()
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("lr=-1", "lr: must be > 0, got -1.0"),
+        ("batch_size=0", "batch_size: must be >= 1, got 0"),
+        ("seeds=[1, -2]", r"seeds\[1\]: must be >= 0, got -2"),
+        ("distill.temperature=0", r"distill.temperature: must be > 0, got 0"),
+        ("custom.dev_fraction=1.0", r"custom.dev_fraction: must be in \(0, 1\), got 1.0"),
+    ],
+)
+def test_finetune_ranges_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_finetune_config(overrides=[override])
 
 
 @pytest.mark.parametrize(
