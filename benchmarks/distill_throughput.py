@@ -79,6 +79,18 @@ def encoder_flops_per_token(layers: int, hidden: int, ffn: int, seq: int) -> flo
     return layers * (2 * (4 * hidden * hidden + 2 * hidden * ffn) + 4 * seq * hidden)
 
 
+def teacher_config(args: argparse.Namespace, **extra) -> BertConfig:
+    """The random-weight teacher's shape from ``--teacher-{layers,heads,hidden,ffn}`` and ``--seq``."""
+    return BertConfig(
+        hidden_size=args.teacher_hidden,
+        num_hidden_layers=args.teacher_layers,
+        num_attention_heads=args.teacher_heads,
+        intermediate_size=args.teacher_ffn,
+        max_position_embeddings=max(512, args.seq),
+        **extra,
+    )
+
+
 def needed_flops(objective: str, teacher: BertConfig, student: BertConfig, args: argparse.Namespace) -> float:
     """FLOPs one step needs (see module docstring)."""
     tokens = args.batch * args.seq
@@ -264,13 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         args.dtype or ("bf16" if args.device == "cuda" else "fp32")
     ]
     torch.manual_seed(0)
-    t_cfg = BertConfig(
-        hidden_size=args.teacher_hidden,
-        num_hidden_layers=args.teacher_layers,
-        num_attention_heads=args.teacher_heads,
-        intermediate_size=args.teacher_ffn,
-        max_position_embeddings=max(512, args.seq),
-    )
+    t_cfg = teacher_config(args)
     base_teacher = BertForMaskedLM(t_cfg).eval()
     peak, peak_src = peak_flops(args, dtype)
     device_name = (

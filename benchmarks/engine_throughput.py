@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+from transformers import AutoTokenizer, BertForMaskedLM
 
 from pretrain_distill.assets import teacher_path, wikipedia_dump_path
 from pretrain_distill.config import load_run_config
@@ -131,14 +131,7 @@ class _TimedTrainer(Trainer):
 def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
     """A random-weight BERT teacher of the given shape (with the MiniLM tokenizer) and the shards."""
     tokenizer = AutoTokenizer.from_pretrained(teacher_path())
-    t_cfg = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=args.teacher_hidden,
-        num_hidden_layers=args.teacher_layers,
-        num_attention_heads=args.teacher_heads,
-        intermediate_size=args.teacher_ffn,
-        max_position_embeddings=max(512, args.seq),
-    )
+    t_cfg = bare.teacher_config(args, vocab_size=len(tokenizer))
     torch.manual_seed(0)
     teacher_dir = work / "teacher"
     BertForMaskedLM(t_cfg).save_pretrained(teacher_dir)
@@ -215,13 +208,7 @@ def run_engine(args, teacher: Path, shards: Path, out: Path, lever: str) -> dict
 def run_bare(args, fused: bool | None) -> dict[str, float]:
     """The Distiller step of distill_throughput.py at the engine's shape (median of --steps steps)."""
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    t_cfg = BertConfig(
-        hidden_size=args.teacher_hidden,
-        num_hidden_layers=args.teacher_layers,
-        num_attention_heads=args.teacher_heads,
-        intermediate_size=args.teacher_ffn,
-        max_position_embeddings=max(512, args.seq),
-    )
+    t_cfg = bare.teacher_config(args)
     torch.manual_seed(0)
     teacher = BertForMaskedLM(t_cfg).eval().to(args.device, dtype=dtype).requires_grad_(False)
     student = build_student(PRESETS[args.student], t_cfg).to(args.device).train()

@@ -207,17 +207,11 @@ def export_launcher_env(cfg: FinetuneConfig) -> None:
     """Export the rank / rendezvous variables the Trainer reads (``RANK``, ``WORLD_SIZE``, ...) when the
     launcher did not: SLURM ``srun`` with several tasks, and DeepSpeed without a launcher (it reads
     them too, and would look for MPI otherwise)."""
-    from pretrain_distill.engine.distributed import detect_env
+    from pretrain_distill.engine.distributed import detect_env, export_rank_env
 
     env = detect_env()
     if (env.launcher == "slurm" and env.world_size > 1) or (cfg.deepspeed and env.launcher == "none"):
-        os.environ.update(
-            RANK=str(env.rank),
-            WORLD_SIZE=str(env.world_size),
-            LOCAL_RANK=str(env.local_rank),
-            MASTER_ADDR=env.master_addr,
-            MASTER_PORT=str(env.master_port),
-        )
+        export_rank_env(env)
 
 
 def start_deepspeed(cfg: FinetuneConfig) -> None:

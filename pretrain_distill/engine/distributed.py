@@ -103,8 +103,9 @@ def resolve_device(choice: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
-def init_distributed(dist_env: DistEnv, device: torch.device) -> None:
-    """Export the launcher-independent variables and start DeepSpeed's process group (idempotent)."""
+def export_rank_env(dist_env: DistEnv) -> None:
+    """Set the launcher-independent variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_*``)
+    that torch.distributed, DeepSpeed and the HF Trainer read, whatever launched the process."""
     os.environ.update(
         RANK=str(dist_env.rank),
         WORLD_SIZE=str(dist_env.world_size),
@@ -112,6 +113,11 @@ def init_distributed(dist_env: DistEnv, device: torch.device) -> None:
         MASTER_ADDR=dist_env.master_addr,
         MASTER_PORT=str(dist_env.master_port),
     )
+
+
+def init_distributed(dist_env: DistEnv, device: torch.device) -> None:
+    """Export the launcher-independent variables and start DeepSpeed's process group (idempotent)."""
+    export_rank_env(dist_env)
     if device.type == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
