@@ -13,6 +13,21 @@ from pretrain_distill.config import RunConfig, load_run_config
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 
+# A child script (one rank): train with the JSON overrides in argv[1], then save the student's weights
+# as <output_dir>/weights_rank<r>.pt.
+TRAIN_AND_DUMP_WEIGHTS = """
+import json, sys, torch
+from pretrain_distill.config import load_run_config
+from pretrain_distill.engine.signals import PreemptionFlag
+from pretrain_distill.engine.trainer import Trainer
+cfg = load_run_config(overrides=json.loads(sys.argv[1]))
+with PreemptionFlag() as flag:
+    trainer = Trainer(cfg)
+    trainer.fit(flag)
+state = {k: v.detach().clone() for k, v in trainer.distiller.student.state_dict().items()}
+torch.save(state, f"{cfg.train.output_dir}/weights_rank{trainer.dist.rank}.pt")
+"""
+
 
 def tiny_overrides(teacher: Path, shards: Path, out: Path, *extra: str) -> list[str]:
     """Overrides for a fast CPU run: tiny student, fp32, ZeRO-2, no loader workers."""

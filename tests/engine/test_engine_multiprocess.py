@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_helpers import REPO, free_port, run_python, subprocess_env, tiny_config, tiny_overrides
+from engine_helpers import (
+    REPO,
+    TRAIN_AND_DUMP_WEIGHTS,
+    free_port,
+    run_python,
+    subprocess_env,
+    tiny_config,
+    tiny_overrides,
+)
 from safetensors.torch import load_file
 
 from pretrain_distill.configuration import save_config
@@ -35,19 +43,6 @@ def log_then_die(self, step, metrics):
         os.kill(os.getpid(), signal.SIGKILL)
 MetricsLogger.log = log_then_die
 sys.exit(cli.main(["train", *json.loads(sys.argv[1])]))
-"""
-
-TRAIN_AND_DUMP_WEIGHTS = """
-import json, sys, torch
-from pretrain_distill.config import load_run_config
-from pretrain_distill.engine.signals import PreemptionFlag
-from pretrain_distill.engine.trainer import Trainer
-cfg = load_run_config(overrides=json.loads(sys.argv[1]))
-with PreemptionFlag() as flag:
-    trainer = Trainer(cfg)
-    trainer.fit(flag)
-state = {k: v.detach().clone() for k, v in trainer.distiller.student.state_dict().items()}
-torch.save(state, f"{cfg.train.output_dir}/weights_rank{trainer.dist.rank}.pt")
 """
 
 

@@ -24,7 +24,14 @@ from collections import Counter
 
 import pytest
 import torch
-from engine_helpers import REPO, free_port, subprocess_env, tiny_config, tiny_overrides
+from engine_helpers import (
+    REPO,
+    TRAIN_AND_DUMP_WEIGHTS,
+    free_port,
+    subprocess_env,
+    tiny_config,
+    tiny_overrides,
+)
 
 from pretrain_distill.engine.checkpoint import CheckpointStore, read_metadata
 from pretrain_distill.engine.logging import MetricsLogger, read_metrics
@@ -188,11 +195,8 @@ def test_no_cuda_sync_between_log_lines(objective, tiny_teacher_dir, tiny_shards
     assert seen == [3, 6, 9]
 
 
-POISON_RANK_1 = """
-import json, sys, torch
-from pretrain_distill.config import load_run_config
-from pretrain_distill.engine.signals import PreemptionFlag
-from pretrain_distill.engine.trainer import Trainer
+POISON_RANK_1 = (
+    """
 from pretrain_distill.objectives import Distiller
 original = Distiller.forward
 def forward(self, *args, **kwargs):
@@ -202,13 +206,9 @@ def forward(self, *args, **kwargs):
         out = {k: v * float("nan") for k, v in out.items()}
     return out
 Distiller.forward = forward
-cfg = load_run_config(overrides=json.loads(sys.argv[1]))
-with PreemptionFlag() as flag:
-    trainer = Trainer(cfg)
-    trainer.fit(flag)
-state = {k: v.detach().clone() for k, v in trainer.distiller.student.state_dict().items()}
-torch.save(state, f"{cfg.train.output_dir}/weights_rank{trainer.dist.rank}.pt")
 """
+    + TRAIN_AND_DUMP_WEIGHTS
+)
 
 
 @pytest.mark.slow
