@@ -213,6 +213,31 @@ class FinetuneConfig:
             raise ConfigError("seeds: give at least one seed")
 
 
+#: The fields a seed's run may change when it is resumed from its checkpoint: the budget, evaluation,
+#: checkpointing, logging, devices and where things are. Any other change (model, task, training
+#: data, optimisation, precision, distillation) would mix two runs into one result and is refused.
+RESUME_MAY_CHANGE: tuple[str, ...] = (
+    "output_dir",
+    "data_dir",
+    "seeds",
+    "max_steps",
+    "epochs",
+    "eval_sets",
+    "eval_batch_size",
+    "eval_steps",
+    "max_eval_samples",
+    "select",
+    "save_steps",
+    "keep_checkpoints",
+    "save_model",
+    "resume",
+    "log_steps",
+    "num_workers",
+    "device",
+    "progress",
+)
+
+
 def load_finetune_config(
     files: list[str] | None = None, overrides: list[str] | None = None
 ) -> FinetuneConfig:

@@ -31,7 +31,7 @@ from transformers import (
     TrainingArguments,
 )
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from finetune.config import FinetuneConfig, FinetuneInputError
 from finetune.metrics import METRIC_NAMES
@@ -162,6 +162,14 @@ class EvaluationFlow(TrainerCallback):
 
     def on_evaluate(self, args, state, control, **kwargs):
         self.last_eval_step = state.global_step
+        return control
+
+
+class ProgressBars(ProgressCallback):
+    """Transformers' progress bars without the dict of every log it writes under them: the evaluation
+    lines (``evaluation_line``) and the JSON-lines log say it once, readably."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
         return control
 
 
@@ -370,6 +378,8 @@ def fit(
         eval_splits=tuple(evals),
     )
     trainer.remove_callback(PrinterCallback)  # no dict per log on stdout: the JSONL has them
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(ProgressBars())
     trainer.train(resume_from_checkpoint=checkpoint)
     history = [e["evaluation"] for e in trainer.state.log_history if "evaluation" in e]
     selected = history[-1]

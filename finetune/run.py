@@ -23,7 +23,7 @@ import numpy as np
 from transformers import EvalPrediction, set_seed
 
 from finetune.card import model_card
-from finetune.config import FinetuneConfig
+from finetune.config import RESUME_MAY_CHANGE, FinetuneConfig, FinetuneInputError
 from finetune.data import encode, limit
 from finetune.kd import FinetuneObjective, TaskDistiller
 from finetune.loop import (
@@ -41,7 +41,8 @@ from finetune.loop import (
 from finetune.metrics import metric_values, task_score
 from finetune.modeling import init_from_teacher_layers, load_classifier, load_tokenizer, resolve_model_path
 from finetune.tasks import TaskData, TaskSpec, load_eval_set, load_task_data
-from pretrain_distill.configuration import save_config
+from pretrain_distill.config_changes import config_changes, saved_config, under
+from pretrain_distill.configuration import save_config, to_dict
 
 
 def default_epochs(spec: TaskSpec, multilingual: bool) -> float:
@@ -191,13 +192,34 @@ def run_seed(cfg: FinetuneConfig, data: TaskData, seed: int, ood: dict[str, data
     return run_dir
 
 
+def check_resume(cfg: FinetuneConfig, run_dir: Path, seed: int) -> None:
+    """A seed directory holding checkpoints continues only the run that wrote them: ``resume: false``
+    is refused, and so is any change of a field outside ``RESUME_MAY_CHANGE`` (one line naming each);
+    a resume is announced on stderr with the fields that did change."""
+    checkpoint = resume_checkpoint(run_dir / CHECKPOINTS, cfg.resume)
+    if checkpoint is None:
+        return
+    current = to_dict(dataclasses.replace(cfg, seeds=[seed]))
+    fixed, other = config_changes(
+        saved_config(run_dir / "config.yaml"), current, lambda key: not under(RESUME_MAY_CHANGE)(key)
+    )
+    if fixed:
+        raise FinetuneInputError(
+            f"{run_dir} holds checkpoints of another run ({'; '.join(fixed)}): use another run_name or "
+            "output_dir, or delete the directory to start over"
+        )
+    if is_main_process():
+        changed = f" (changed: {'; '.join(other)})" if other else ""
+        print(f"{run_dir}: resuming from {Path(checkpoint).name}{changed}", file=sys.stderr)
+
+
 def run(cfg: FinetuneConfig) -> list[Path]:
     """Every seed of ``cfg`` (inputs checked and data loaded once, first); returns the run directories."""
     export_launcher_env(cfg)
     check_inputs(cfg)
     data, ood = load_inputs(cfg)
-    for seed in cfg.seeds:  # resume: false with an earlier run's checkpoints fails before any seed runs
-        resume_checkpoint(seed_dir(cfg, data.spec, seed) / CHECKPOINTS, cfg.resume)
+    for seed in cfg.seeds:  # a seed that cannot resume fails before any seed runs
+        check_resume(cfg, seed_dir(cfg, data.spec, seed), seed)
     return [run_seed(cfg, data, seed, ood) for seed in cfg.seeds]
 
 

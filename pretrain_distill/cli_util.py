@@ -6,7 +6,9 @@ the module docstring is the subcommand's ``--help`` description. ``prog --help``
 
 A subcommand whose parser declares config arguments (``add_config_arguments``) takes overrides in any
 position: ``key=value``, ``--key value`` and ``--key=value`` for any token that is not one of its own
-options, and ``--config FILE`` as a synonym of a positional YAML file.
+options, and ``--config FILE`` as a synonym of a positional YAML file. The ``--local_rank=N`` the
+deepspeed launcher adds to every worker's arguments is dropped anywhere (the rank comes from the
+``LOCAL_RANK`` it also sets), so both tools run under ``deepspeed``, ``torchrun`` and ``srun`` alike.
 
 Exit codes: 0 done; 2 a user mistake (unknown command or option, bad override or config value, missing
 input file), reported as one line on stderr with a "did you mean" suggestion where one is close; 1 any
@@ -150,6 +152,19 @@ def _unknown_arguments(parser: argparse.ArgumentParser, extra: list[str]) -> Usa
     return UsageError(parser.prog, f"unrecognized arguments: {' '.join(extra)}{hint}")
 
 
+def without_local_rank(argv: list[str]) -> list[str]:
+    """Drop ``--local_rank=N`` / ``--local_rank N`` (and the ``--local-rank`` spelling) from ``argv``."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item.startswith(("--local_rank", "--local-rank")):
+            skip = "=" not in item
+        else:
+            out.append(item)
+    return out
+
+
 def parse(
     prog: str,
     description: str,
@@ -201,7 +216,7 @@ def run_cli(
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    argv = [a for a in argv if a != "--debug"]  # accepted anywhere, not taken for an override
+    argv = without_local_rank([a for a in argv if a != "--debug"])  # both accepted anywhere
     try:
         parser, args = parse(prog, description, commands, argv, __version__, defaults)
     except UsageError as err:
@@ -210,8 +225,18 @@ def run_cli(
     if args is None:
         parser.print_help()
         return EXIT_USAGE
+    without_weight_bars()
     where = f"{prog} {args.command}"
     return _run_guarded(args._run, args, where, debug)
+
+
+def without_weight_bars() -> None:
+    """Silence transformers' own bars ("Loading weights", "Writing model shards"): they take milliseconds
+    and break the commands' progress bars at every checkpoint and export. The Trainer's bars and the
+    hub's download bars are not these, and stay."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_tqdm_hook(lambda factory, args, kwargs: hf_logging.EmptyTqdm(*args, **kwargs))
 
 
 def _run_guarded(

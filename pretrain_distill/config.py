@@ -193,7 +193,7 @@ class TrainConfig:
         "save_every": ">= 1",
         "keep_last": ">= 1",
         "log_every": ">= 1",
-        "eval_every": ">= 1",
+        "eval_every": ">= 0",  # 0: never
         "eval_batches": ">= 1",
         "nan_skip_budget": ">= 0",
     }

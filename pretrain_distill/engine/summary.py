@@ -16,8 +16,10 @@ def startup_summary(
     world_size: int,
     manifest: dict[str, Any],
     resumed_step: int = 0,
+    resume_changes: tuple[str, ...] | list[str] = (),
 ) -> str:
-    """Teacher, student and its parameter count, objective, mapping, global batch, steps, tokens, output."""
+    """Teacher, student and its parameter count, objective, mapping, global batch, steps, tokens, output,
+    and the settings a resumed run changed."""
     from pretrain_distill.models.students import encoder_parameter_count, spec_of
 
     global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum * world_size
@@ -45,6 +47,8 @@ def startup_summary(
         + f", ~{tokens:,.0f} tokens ({per_sequence:.0f} per sequence in {cfg.data.shards})",
         f"output     {cfg.train.output_dir}",
     ]
+    if resume_changes:
+        lines.append(f"changed    {'; '.join(resume_changes)} (since the checkpoint)")
     return "\n".join(lines)
 
 
@@ -59,4 +63,5 @@ def trainer_summary(trainer: Any) -> str:
         trainer.dist.world_size,
         trainer.loader.dataset.manifest,
         trainer.state.step,
+        trainer.resume_changes,
     )

@@ -48,27 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
 
 
-def without_local_rank(overrides: list[str]) -> list[str]:
-    """Drop the ``--local_rank=N`` the deepspeed launcher adds to every worker's arguments (it also sets
-    ``LOCAL_RANK``, which the engine reads)."""
-    out, skip = [], False
-    for item in overrides:
-        if skip:
-            skip = False
-        elif item.startswith(("--local_rank", "--local-rank")):
-            skip = "=" not in item
-        else:
-            out.append(item)
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     """Errors propagate to the CLI (one line; exit 2 for config / input mistakes, 1 otherwise)."""
     from pretrain_distill.config import RunConfig
     from pretrain_distill.engine.signals import EXIT_PREEMPTED
     from pretrain_distill.engine.trainer import Preempted, train
 
-    args.overrides = without_local_rank(list(args.overrides))
     try:
         run_dir = train(config_from_args(RunConfig, args), on_end=getattr(args, "end_of_run", None))
     except Preempted as stop:

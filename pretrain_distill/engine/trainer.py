@@ -34,6 +34,7 @@ from pretrain_distill.engine.distributed import (
 )
 from pretrain_distill.engine.ds_config import build_deepspeed_config
 from pretrain_distill.engine.logging import MetricsLogger
+from pretrain_distill.engine.resume_config import check_resume_config
 from pretrain_distill.engine.schedule import build_lr_scheduler
 from pretrain_distill.engine.signals import PreemptionFlag
 from pretrain_distill.engine.speed import compile_layers
@@ -207,6 +208,9 @@ class Trainer:
         self.run_dir = Path(cfg.train.output_dir)
         self.store = CheckpointStore(self.run_dir / "checkpoints", cfg.train.keep_last)
         self.resume_from = resolve_resume(cfg.train.resume, self.store)
+        self.resume_changes = (
+            check_resume_config(self.resume_from, cfg) if self.resume_from is not None else []
+        )
         self.resume_source = deepspeed_source(self.resume_from, ds_config, self.dist, self.run_dir)
 
         # Inputs first (cheap, and the usual mistakes): init_from, tokenizer, shards.
@@ -490,8 +494,6 @@ def _validation_batches(cfg: RunConfig, dist: DistEnv, manifest: dict[str, Any])
     """This rank's validation batches; empty when ``train.eval_every`` is 0 or there are no held-out shards."""
     from pretrain_distill.engine.evaluate import load_validation_batches, validation_dir
 
-    if cfg.train.eval_every < 0 or cfg.train.eval_batches < 1:
-        raise ConfigError("train.eval_every must be >= 0 and train.eval_batches >= 1")
     path = validation_dir(cfg.data)
     if not cfg.train.eval_every or path is None:
         return []

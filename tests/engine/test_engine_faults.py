@@ -282,6 +282,46 @@ def test_a_run_directory_belongs_to_one_run(runs, tmp_path):
     assert "2 optimizer steps" in (export_run(run) / "README.md").read_text()  # the new run's model
 
 
+@pytest.mark.parametrize(
+    "change,named",
+    [
+        ("student.layers=3", "student.shape: [2, 2, 32, 64] -> [3, 2, 32, 64]"),
+        ("objective.mapping=last", "objective.mapping: uniform -> last"),
+        (
+            "objective.weights={hs: 1.0, mlm: 0.5, minilmv2: 1.0}",
+            "objective.weights.minilmv2: (unset) -> 1.0",
+        ),
+        ("data.mlm_probability=0.3", "data.mlm_probability: 0.15 -> 0.3"),
+    ],
+)
+def test_a_checkpoint_resumes_only_its_own_run(runs, tmp_path, capfd, change, named):
+    """Resuming with another student, objective or masking would train a mixed run: one line, exit 2,
+    before anything is loaded or written."""
+    run = tmp_path / "run"
+    runs.reference(0)
+    shutil.copytree(runs.root / "reference_0_workers", run)
+    before = sorted(p.name for p in run.rglob("*"))
+    capfd.readouterr()  # the reference run's output
+    assert cli.main(["train", *runs.overrides(run, 0, "train.max_steps=12", change)]) == 2
+    (line,) = capfd.readouterr().err.strip().splitlines()
+    assert line.startswith(
+        f"pretrain-distill train: error: {run / 'checkpoints' / 'step_00000008'} belongs to"
+    )
+    assert named in line and "train.max_steps" not in line and "train.resume=overwrite" in line
+    assert sorted(p.name for p in run.rglob("*")) == before
+
+
+def test_shards_moved_to_another_disk_resume_exactly(runs, tmp_path, capsys):
+    """A requeued job that copies the shards to a node-local disk resumes from the checkpoint as if
+    uninterrupted: the data is matched by content, and the summary lists what changed."""
+    killed = runs.child(tmp_path / "run", 0, "log", 4)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    moved = shutil.copytree(runs.shards, tmp_path / "node-local" / "shards")
+    resumed = runs.resume(tmp_path / "run", 0, f"data.shards={moved}")
+    assert_same(outcome(resumed), runs.reference(0), "shards moved after a SIGKILL at step 4")
+    assert f"changed    data.shards: {runs.shards} -> {moved}" in capsys.readouterr().out
+
+
 FAULTS = [
     ("log", "KILL"),
     ("log", "TERM"),

@@ -298,16 +298,6 @@ def test_train_help_lists_launch_commands(capsys):
         assert needle in text
 
 
-def test_launcher_local_rank_argument_is_dropped():
-    from pretrain_distill.engine.train import without_local_rank
-
-    assert without_local_rank(["--local_rank=1", "a.b=1", "--local-rank", "2", "--x.y", "3"]) == [
-        "a.b=1",
-        "--x.y",
-        "3",
-    ]
-
-
 def test_shards_from_another_tokenizer_are_refused():
     from pretrain_distill.configuration import ConfigError
     from pretrain_distill.engine.trainer import check_tokenizer

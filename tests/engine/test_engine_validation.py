@@ -90,8 +90,9 @@ def _losses(run):
 def test_training_logs_validation_and_is_unchanged_by_it(tiny_teacher_dir, held_out_shards, tmp_path):
     common = ("data.num_workers=2", "objective.weights={hs: 1.0, mlm: 0.5}", "train.max_steps=4")
     common += ("train.eval_every=2", "train.eval_batches=3", "train.save_every=2")
+    # train.eval_every=0: never validate, though held-out shards exist
     plain = train(
-        tiny_config(tiny_teacher_dir, held_out_shards, tmp_path / "plain", *common, "data.validation=none")
+        tiny_config(tiny_teacher_dir, held_out_shards, tmp_path / "plain", *common, "train.eval_every=0")
     )
     run = train(tiny_config(tiny_teacher_dir, held_out_shards, tmp_path / "val", *common))
     records = read_metrics(run / "logs" / "metrics.jsonl")

@@ -167,6 +167,21 @@ def test_with_mlm_head_keeps_an_untrained_head_on_request_and_says_so(bert_run, 
     assert f"--checkpoint {bert_run / 'checkpoints' / 'step_00000004'} --out {out} --with-mlm-head" in card
 
 
+def test_the_cli_prints_no_weight_loading_or_writing_bars(bert_run, tmp_path, capfd):
+    """transformers' own bars ("Loading weights", "Writing model shards") would break our progress bars
+    at every checkpoint and export; the commands silence them and print their own lines."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.set_tqdm_hook(None)
+    try:
+        assert cli.main(["export", str(bert_run), "--out", str(tmp_path / "m")]) == 0
+        printed = "".join(capfd.readouterr())
+        assert "export:" in printed
+        assert "Loading weights" not in printed and "Writing model shards" not in printed
+    finally:
+        hf_logging.set_tqdm_hook(previous)
+
+
 def test_card_names_teacher_data_steps_parameters_and_checkpoint(bert_run, tmp_path, capsys):
     checkpoint = bert_run / "checkpoints" / "step_00000002"
     argv = ["export", str(bert_run), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m")]

@@ -6,6 +6,7 @@ bad inputs fail before anything is written. Tiny models (2 layers, 32 wide), 24 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -187,7 +188,9 @@ def test_two_ranks_split_the_data_and_match_one_rank(tmp_path, task_files, no_dr
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path, task_files, tiny_encoder_dir):
+def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(
+    tmp_path, task_files, tiny_encoder_dir, capsys
+):
     """Dropout on, 2 loader workers: resuming restores weights, optimizer, scheduler, RNG and the
     loader position (checkpoints every 2 steps and at each epoch end; killed after step 9 of 12)."""
     extra = ("save_steps=2", "select=best")
@@ -228,7 +231,20 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path, task_
     config_before = (resumed / "config.yaml").read_text()
     with pytest.raises(ConfigError, match="holds checkpoints of an earlier run"):
         run(load_finetune_config(overrides=[*args, "resume=false", "lr=0.5"]))
+    # resuming with another optimisation or training set would mix two runs into one result
+    for change, named in (
+        ("lr=0.5", "lr: 0.001 -> 0.5"),
+        ("max_train_samples=8", "max_train_samples: null -> 8"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(f"holds checkpoints of another run ({named})")):
+            run(load_finetune_config(overrides=[*args, change]))
     assert (resumed / "config.yaml").read_text() == config_before  # nothing written
+    capsys.readouterr()
+    run(load_finetune_config(overrides=[*args, "log_steps=3", "eval_batch_size=7"]))  # these may change
+    assert (
+        f"{resumed}: resuming from checkpoint-12 (changed: eval_batch_size: 128 -> 7; log_steps: 1 -> 3)"
+        in capsys.readouterr().err
+    )
 
 
 def test_gradient_accumulation_equals_the_full_batch(tmp_path, task_files, no_dropout_encoder):
@@ -281,6 +297,19 @@ def test_bf16_eval_steps_logs_and_model_card(tmp_path, task_files, no_dropout_en
     assert f"base_model: {no_dropout_encoder}" in card and "seed: 1" in card
     assert f"| dev | accuracy | {metrics['eval']['dev']['accuracy']:.4f} |" in card
     assert metrics["command"] in card
+
+
+def test_progress_bars_print_evaluation_lines_not_log_dicts(tmp_path, task_files, no_dropout_encoder, capsys):
+    """With progress bars on, the console gets the bars and our evaluation lines; transformers' dict of
+    every log (``{'loss': ...}``, ``{'eval_dev_accuracy': ...}``) stays in the JSON-lines log only."""
+    args = overrides(no_dropout_encoder, task_files, tmp_path, "num_workers=0", "epochs=1", "progress=true")
+    (run_dir,) = run(load_finetune_config(overrides=args))
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
+    last = json.loads((run_dir / "metrics.json").read_text())["history"][-1]["scores"]["dev"]
+    assert f"epoch 1: accuracy {last:.4f}" in printed and "it/s]" in printed  # a line and a bar
+    assert "{'" not in printed and "'loss'" not in printed
+    assert step_losses(run_dir)  # the per-step losses went to the log
 
 
 def test_rail_layers_are_redrawn_per_epoch_also_after_a_resume():

@@ -185,12 +185,33 @@ def test_option_values_are_not_taken_for_overrides():
     assert (cfg.run_name, cfg.seeds, cfg.batch_size) == ("a=b", [4, 5], 8)
 
 
-def test_deepspeed_launchers_local_rank_before_the_command_is_dropped():
-    from pretrain_distill.cli_util import parse
-    from pretrain_distill.engine.train import without_local_rank
+def test_launcher_local_rank_argument_is_dropped_in_both_spellings():
+    from pretrain_distill.cli_util import without_local_rank
 
-    _, args = parse("pretrain-distill", "", distill_cli.COMMANDS, ["--local_rank=1", "train", "a.yaml"], "0")
-    assert args.config == ["a.yaml"] and without_local_rank(args.overrides) == []
+    assert without_local_rank(["--local_rank=1", "a.b=1", "--local-rank", "2", "--x.y", "3"]) == [
+        "a.b=1",
+        "--x.y",
+        "3",
+    ]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--local_rank=1", "sweep", "--lr", "3e-5", "--tasks", "cola", "--seeds", "1", "--count"],
+        ["sweep", "--lr", "3e-5", "--local_rank", "0", "--tasks", "cola", "--seeds", "1", "--count"],
+        ["sweep", "--tasks", "cola", "--seeds", "1", "--count", "--local-rank=3"],
+    ],
+)
+def test_deepspeed_launchers_local_rank_is_accepted_anywhere_by_finetune(argv, capsys):
+    """`deepspeed --module finetune.cli ...` adds --local_rank=N to every worker's arguments."""
+    assert finetune_cli.main(argv) == 0
+    assert capsys.readouterr().out.strip() == "1"
+
+
+def test_deepspeed_launchers_local_rank_never_reaches_pretrain_distill_overrides(capsys):
+    assert distill_cli.main(["--local_rank=1", "config", "--local_rank", "1", "train.max_steps=7"]) == 0
+    assert "max_steps: 7" in capsys.readouterr().out
 
 
 def test_finetune_sweep_lr_runs_from_the_console(capsys):
