@@ -143,16 +143,18 @@ def od_stage(out: Path, shards: Path, profile: Profile, device: str, earlier: li
 
 
 def random_init_student(cfg, out: Path) -> Path:
-    """The distilled student's shape with fresh weights: the no-distillation baseline."""
+    """The distilled student's shape with fresh weights, written as an export is (base encoder, identity
+    pooler): the no-distillation baseline."""
     from transformers import AutoConfig, AutoTokenizer
 
     from pretrain_distill.assets import resolve_model_path
+    from pretrain_distill.export.encoder import exported_form
     from pretrain_distill.models import build_student, spec_from_config
 
     teacher = resolve_model_path(cfg.teacher.path)
     torch.manual_seed(cfg.train.seed)
     student = build_student(spec_from_config(cfg.student), AutoConfig.from_pretrained(teacher))
-    student.save_pretrained(out)
+    exported_form(student, with_mlm_head=False).save_pretrained(out)
     AutoTokenizer.from_pretrained(teacher).save_pretrained(out)
     return out
 

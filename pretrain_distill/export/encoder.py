@@ -52,7 +52,14 @@ def identity_pooler(config: PretrainedConfig) -> nn.Module | None:
 
 def student_model(student_dir: Path, with_mlm_head: bool) -> PreTrainedModel:
     """The trained student (fp32) as its base encoder + pooler, or as ``*ForMaskedLM`` + pooler."""
-    mlm = AutoModelForMaskedLM.from_pretrained(student_dir, dtype=torch.float32)
+    return exported_form(
+        AutoModelForMaskedLM.from_pretrained(student_dir, dtype=torch.float32), with_mlm_head
+    )
+
+
+def exported_form(mlm: PreTrainedModel, with_mlm_head: bool) -> PreTrainedModel:
+    """A student ``*ForMaskedLM`` as it is exported: its base encoder with an identity pooler, or the
+    whole model (the same pooler in place) when the MLM head is kept."""
     base = base_model(mlm)
     pooler = identity_pooler(mlm.config)
     if pooler is not None:

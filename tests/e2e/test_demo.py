@@ -27,6 +27,10 @@ def test_tiny_demo_runs_every_stage(tmp_path, capsys):
     student = AutoModel.from_pretrained(run_dir / "export")
     assert (student.config.num_hidden_layers, student.config.hidden_size) == (3, 192)
     assert list((run_dir / "plots").glob("*.png"))
+    # the baseline is written as the export is: every weight AutoModel wants, nothing it does not
+    for model_dir in (run_dir / "export", out / "random_init"):
+        _, info = AutoModel.from_pretrained(model_dir, output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], (model_dir, info)
 
     metrics = sorted((out / "finetune" / "movies").glob("*/seed1/metrics.json"))
     assert [m.parent.parent.name for m in metrics] == ["minilmv2_lt1", "random-init", "teacher"]
