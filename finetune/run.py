@@ -200,8 +200,9 @@ def check_resume(cfg: FinetuneConfig, run_dir: Path, seed: int) -> None:
     if checkpoint is None:
         return
     current = to_dict(dataclasses.replace(cfg, seeds=[seed]))
+    may_change = under(RESUME_MAY_CHANGE)
     fixed, other = config_changes(
-        saved_config(run_dir / "config.yaml"), current, lambda key: not under(RESUME_MAY_CHANGE)(key)
+        saved_config(run_dir / "config.yaml"), current, lambda key: not may_change(key)
     )
     if fixed:
         raise FinetuneInputError(

@@ -3,6 +3,7 @@ from what, on how much data, and where it goes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pretrain_distill.config import RunConfig
@@ -16,7 +17,7 @@ def startup_summary(
     world_size: int,
     manifest: dict[str, Any],
     resumed_step: int = 0,
-    resume_changes: tuple[str, ...] | list[str] = (),
+    resume_changes: Sequence[str] = (),
 ) -> str:
     """Teacher, student and its parameter count, objective, mapping, global batch, steps, tokens, output,
     and the settings a resumed run changed."""
