@@ -37,9 +37,9 @@ import torch.nn.functional as F
 import transformers
 from transformers import BertConfig, BertForMaskedLM
 
-from pretrain_distill.config import ObjectiveConfig
 from pretrain_distill.models import PRESETS, build_student
 from pretrain_distill.objectives import Distiller, output_distribution_loss
+from pretrain_distill.run_config import ObjectiveConfig
 
 MASK_RATE = 0.15
 GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, spec sheets

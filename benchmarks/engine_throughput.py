@@ -45,12 +45,12 @@ import torch
 import transformers
 from transformers import AutoTokenizer, BertForMaskedLM
 
-from pretrain_distill.assets import teacher_path, wikipedia_dump_path
-from pretrain_distill.config import load_run_config
-from pretrain_distill.engine.distributed import launcher_env_scope
+from pretrain_distill.core.assets import teacher_path, wikipedia_dump_path
+from pretrain_distill.core.distributed import launcher_env_scope
 from pretrain_distill.engine.signals import PreemptionFlag
 from pretrain_distill.engine.trainer import Trainer
 from pretrain_distill.models import PRESETS, build_student
+from pretrain_distill.run_config import load_run_config
 
 LOG_EVERY = 10
 LEVERS = ("compile", "teacher-fp32", "teacher-bf16", "micro-x2", "zero0", "sync")

@@ -13,7 +13,7 @@
 set -uo pipefail
 if [ "${1:-}" = carry-data ]; then
   mkdir -p .carry/data
-  python3 -c 'from pretrain_distill.assets import movie_sentences_path as m, wikipedia_dump_path as w
+  python3 -c 'from pretrain_distill.core.assets import movie_sentences_path as m, wikipedia_dump_path as w
 print(w()); print(m())' | xargs -I{} cp {} .carry/data/
   exit
 fi

@@ -37,11 +37,11 @@ import transformers
 import webdataset
 from torch.utils.data import DataLoader, IterableDataset
 
-from pretrain_distill.assets import teacher_path, wikipedia_dump_path
-from pretrain_distill.config import DataConfig
+from pretrain_distill.core.assets import teacher_path, wikipedia_dump_path
 from pretrain_distill.data.prepare import available_cpus, prepare_shards
 from pretrain_distill.data.stream import build_dataloader
 from pretrain_distill.data.wikipedia import read_wikipedia_dump
+from pretrain_distill.run_config import DataConfig
 
 
 def cpu_name() -> str:

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import torch
 
-from pretrain_distill.assets import wikipedia_dump_path
-from pretrain_distill.config import TrainConfig, load_run_config
+from pretrain_distill.core.assets import wikipedia_dump_path
+from pretrain_distill.core.distributed import launcher_env_scope
+from pretrain_distill.core.metrics_log import read_metrics
 from pretrain_distill.data.prepare import prepare_shards
-from pretrain_distill.engine.distributed import launcher_env_scope
-from pretrain_distill.engine.logging import read_metrics
 from pretrain_distill.engine.signals import PreemptionFlag
 from pretrain_distill.engine.trainer import Trainer
+from pretrain_distill.run_config import TrainConfig, load_run_config
 
 
 def main(argv: list[str] | None = None) -> None:

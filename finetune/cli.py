@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pretrain_distill.cli_util import run_cli
+from pretrain_distill.core.command_line import run_cli
 
 DESCRIPTION = """Fine-tune and task-distil encoders; tables like the papers'.
 
@@ -18,10 +18,10 @@ Typical flow:
 """
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("finetune.train", "fine-tune a model on a task (one run per seed)"),
-    "sweep": ("finetune.sweep", "tasks x seeds, locally or as a SLURM array"),
-    "distill": ("finetune.distill", "task-specific KD: vanilla, pkd, rail_l, rail_c, ild_rtc"),
-    "report": ("finetune.report", "Markdown/CSV tables and a bar chart from stored runs"),
+    "train": ("finetune.commands.train", "fine-tune a model on a task (one run per seed)"),
+    "sweep": ("finetune.commands.sweep", "tasks x seeds, locally or as a SLURM array"),
+    "distill": ("finetune.commands.distill", "task-specific KD: vanilla, pkd, rail_l, rail_c, ild_rtc"),
+    "report": ("finetune.commands.report", "Markdown/CSV tables and a bar chart from stored runs"),
 }
 
 

@@ -1,7 +1,7 @@
 """Official task metrics (GLUE / XNLI conventions) as fractions in [0, 1].
 
-``compute_metrics(task, predictions, labels)`` returns the metrics of the task's ``TaskSpec.metrics``:
-CoLA Matthews correlation (``mcc``), STS-B Pearson and Spearman correlations, MRPC and QQP binary F1
+``metric_values(names, predictions, labels, regression)`` returns the named metrics (a task's
+``TaskSpec.metrics``): CoLA Matthews correlation (``mcc``), STS-B Pearson and Spearman correlations, MRPC and QQP binary F1
 (positive class 1) and accuracy, every other task accuracy. ``predictions`` may be logits ``[N, C]``
 (argmax is taken; regression takes the single column) or class ids / scores ``[N]``.
 """
@@ -45,14 +45,6 @@ def metric_values(names: tuple[str, ...], predictions, labels, regression: bool)
     if unknown:
         raise ValueError(f"unknown metric {unknown[0]!r}; known: {', '.join(METRIC_NAMES)}")
     return {name: float(np.nan_to_num(functions[name]())) for name in names}
-
-
-def compute_metrics(task, predictions, labels) -> dict[str, float]:
-    """Official metrics of ``task`` (a task name or :class:`finetune.tasks.TaskSpec`) as fractions."""
-    from finetune.tasks import get_task
-
-    spec = get_task(task) if isinstance(task, str) else task
-    return metric_values(spec.metrics, predictions, labels, spec.is_regression)
 
 
 def task_score(metrics: Mapping[str, float]) -> float:

@@ -19,15 +19,15 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from finetune.config import FinetuneInputError
+from finetune.finetune_config import FinetuneInputError
 from finetune.tasks import TaskSpec
+from pretrain_distill.core.assets import resolve_model_path as resolve_asset
+from pretrain_distill.models.families import encoder_layers
 
 
 def resolve_model_path(name: str, key: str = "model") -> str:
     """``"minilm"`` -> the embedded teacher directory; a local path must exist (else a
     :class:`FinetuneInputError` naming the config ``key``); anything else (a hub id) unchanged."""
-    from pretrain_distill.assets import resolve_model_path as resolve_asset
-
     name = resolve_asset(name)
     local = name.startswith((".", "/", "~")) or Path(name).parent != Path(".")
     if local and not Path(name).expanduser().is_dir():
@@ -169,15 +169,6 @@ class RTCClassifier(nn.Module):
             student = AutoModelForSequenceClassification.from_pretrained(path)
         teacher_head = AutoModelForSequenceClassification.from_pretrained(path / RTC_TEACHER_HEAD)
         return cls(student, projector, teacher_head.eval().requires_grad_(False))
-
-
-def encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
-    """The Transformer layer list of a BERT/RoBERTa-style model."""
-    encoder = getattr(model.base_model, "encoder", None)
-    layers = getattr(encoder, "layer", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ValueError(f"{type(model).__name__}: no base_model.encoder.layer list")
-    return layers
 
 
 def init_from_teacher_layers(student: PreTrainedModel, teacher: PreTrainedModel) -> None:

@@ -1,27 +1,20 @@
-"""Tables shaped like the papers' from stored runs: one row per model/method, one column per task,
-mean (std) over seeds (scores x 100; std over seeds, ddof 1), GLUE average with and without CoLA, an
-XNLI per-language table (test accuracy), an out-of-domain table, CSV copies and a bar chart.
+"""Tables shaped like the papers' from stored runs (``finetune report``): one row per model/method, one
+column per task, mean (std) over seeds, GLUE averages with and without CoLA, an XNLI per-language table,
+an out-of-domain table, CSV copies and a bar chart.
 
-A task's score is the mean of its official metrics (GLUE benchmark convention: STS-B mean of Pearson
-and Spearman, MRPC / QQP mean of F1 and accuracy). MNLI shows matched and mismatched columns and counts
-once (their mean) in the GLUE averages; averages run over the GLUE tasks present in a row.
-
-Writes <out>/report.md, glue.csv, xnli.csv, ood.csv (when there are such runs), report.png.
-
-Examples:
-  finetune report runs/finetune --out reports
-  finetune report runs/finetune/sst2 runs/kd/sst2/*/seed*/metrics.json --out reports/sst2
+A task's score is the mean of its official metrics (GLUE benchmark convention); MNLI counts once (the
+mean of matched and mismatched) in the averages.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from finetune.tasks import GLUE_TASKS, XNLI_LANGUAGES
 
@@ -162,14 +155,10 @@ def write_csv(table: Table, columns: list[str], path: Path, averages: bool = Fal
 
 def bar_chart(table: Table, columns: list[str], path: Path) -> Path:
     """Grouped bars: one group per task column, one bar per row, std error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(table)
     width = 0.8 / max(len(names), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(columns) + 2), 4))
+    fig = Figure(figsize=(max(6.0, 1.2 * len(columns) + 2), 4))
+    ax = fig.subplots()
     x = np.arange(len(columns))
     for i, name in enumerate(names):
         row = table[name]
@@ -181,7 +170,6 @@ def bar_chart(table: Table, columns: list[str], path: Path) -> Path:
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -208,16 +196,3 @@ def write_report(paths: list[str | Path], out_dir: str | Path) -> dict[str, Path
     written["markdown"].write_text("\n".join(sections))
     written["png"] = bar_chart(table, columns, out / "report.png")
     return written
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", help="run directories (searched for metrics.json) or files")
-    parser.add_argument("--out", default="reports", help="output directory (default: reports)")
-
-
-def run(args: argparse.Namespace) -> int:
-    written = write_report(args.runs, args.out)
-    print(written["markdown"].read_text())
-    for path in written.values():
-        print(path)
-    return 0

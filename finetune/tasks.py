@@ -16,7 +16,7 @@ from pathlib import Path
 
 import datasets
 
-from finetune.config import (
+from finetune.finetune_config import (
     ConfigError,
     CustomTaskConfig,
     EvalSetConfig,
@@ -25,6 +25,7 @@ from finetune.config import (
     TableConfig,
 )
 from finetune.metrics import METRIC_NAMES
+from pretrain_distill.core.assets import movie_sentences_path
 
 XNLI_LANGUAGES = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
 NLI_LABELS = ("entailment", "neutral", "contradiction")
@@ -355,8 +356,6 @@ def _holdout(rows: list[dict], fraction: float, seed: int = 0) -> tuple[list[dic
 
 def movie_rows() -> list[dict]:
     """The embedded movie-review sentences (TSV id, score -4..4, sentence): sign(score) -> label, 0 dropped."""
-    from pretrain_distill.assets import movie_sentences_path
-
     path = Path(movie_sentences_path())
     if not path.is_file():
         raise FileNotFoundError(f"movie sentences not found: {path}")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
-from pretrain_distill.cli_util import run_cli
+from pretrain_distill.core.command_line import run_cli
 
 DESCRIPTION = """Task-agnostic distillation of Transformer encoders (Udagawa et al. 2023).
 
@@ -18,28 +17,30 @@ Typical flow (or all of it at once on embedded real data: `pretrain-distill demo
 """
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "assets": ("pretrain_distill.assets", "install or locate the embedded real teacher and texts"),
-    "prepare": ("pretrain_distill.data.prepare", "tokenize a corpus into packed webdataset shards"),
-    "config": ("pretrain_distill.show_config", "print the resolved run config (YAML + overrides)"),
-    "train": ("pretrain_distill.engine.train", "distill a student (DeepSpeed, resumable)"),
-    "fit-mlm-head": ("pretrain_distill.mlm_head", "fit an MLM head on a frozen teacher without one (for OD)"),
-    "export": ("pretrain_distill.export", "write a run's student as a Hugging Face model directory"),
-    "plot": ("pretrain_distill.plot", "write loss-curve PNGs of a run"),
-    "latency": ("pretrain_distill.latency", "median latency of students and teacher, ratio to the teacher"),
-    "search": ("pretrain_distill.search", "rank candidate students by short HS runs + latency (KD-NAS)"),
-    "demo": ("pretrain_distill.demo", "the main job end to end on the embedded real assets"),
+    "assets": ("pretrain_distill.commands.assets", "install or locate the embedded real teacher and texts"),
+    "prepare": ("pretrain_distill.commands.prepare", "tokenize a corpus into packed webdataset shards"),
+    "config": ("pretrain_distill.commands.config", "print the resolved run config (YAML + overrides)"),
+    "train": ("pretrain_distill.commands.train", "distill a student (DeepSpeed, resumable)"),
+    "fit-mlm-head": (
+        "pretrain_distill.commands.fit_mlm_head",
+        "fit an MLM head on a frozen teacher without one (for OD)",
+    ),
+    "export": ("pretrain_distill.commands.export", "write a run's student as a Hugging Face model directory"),
+    "plot": ("pretrain_distill.commands.plot", "write loss-curve PNGs of a run"),
+    "latency": (
+        "pretrain_distill.commands.latency",
+        "median latency of students and teacher, ratio to the teacher",
+    ),
+    "search": (
+        "pretrain_distill.commands.search",
+        "rank candidate students by short HS runs + latency (KD-NAS)",
+    ),
+    "demo": ("pretrain_distill.commands.demo", "the main job end to end on the embedded real assets"),
 }
 
 
-def export_at_end(run_dir: Path) -> Path:
-    """``train``'s end-of-run hook: the default export (the engine calls it, but does not import export)."""
-    from pretrain_distill.export import end_of_run
-
-    return end_of_run(run_dir)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli("pretrain-distill", DESCRIPTION, COMMANDS, argv, defaults={"end_of_run": export_at_end})
+    return run_cli("pretrain-distill", DESCRIPTION, COMMANDS, argv)
 
 
 if __name__ == "__main__":

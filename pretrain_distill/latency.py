@@ -1,44 +1,24 @@
-"""Inference latency of students and teacher, as a Markdown table with each model's ratio to the teacher.
-
-  pretrain-distill latency                                   # the paper's presets vs a BERT-base teacher
-  pretrain-distill latency 3L 6L 2,4,128,512 runs/distill/export --teacher minilm --threads 2
-  pretrain-distill latency --device cuda --batch 32 --seq 256 --out runs/latency.md
-
-MODELS are preset names (6L-DistilBERT, 6L, 4L, 3L; default: all four), custom shapes `L,A,H,F`
-(layers, heads, hidden, ffn) and exported Hugging Face model directories. Presets and shapes are built
-from the teacher's config (its vocabulary, positions and family) with random weights: latency depends on
-the shape, not on the weights. Model directories are loaded as they are. `--teacher bert-base` (default)
-is BERT-base's shape (12 x 768, 12 heads, FFN 3072, 30,522 tokens) built from its config with random
-weights, so nothing is downloaded; a path or `minilm` loads a real teacher.
-
-Each model runs the bare encoder (no MLM head) under torch.inference_mode on random token ids, all
-positions valid: `--warmup` untimed rounds, then `--repeats` timed ones (CUDA: synchronised), where a
-round runs every model once (interleaved, so a busy spell of a shared machine slows all models alike). The table
-gives the median and the inter-quartile range (robust on a shared machine) and the mean (std), the
-statistic of the paper's Table 1; with the BERT-base teacher a last column gives Table 1's CPU ratio
-(monolingual) for comparison. Parameters count the encoder (embeddings + layers, no pooler, no head),
-as in Table 1.
-
-The paper's Table 1 states only "measured over 5 runs, with standard deviation"; its batch size,
-sequence length and CPU threads are not given. Defaults here: batch 1, 128 tokens, 1 thread (the least
-noisy on a shared machine), 5 warm-up and 30 timed forwards.
-"""
+"""Inference latency of students and teacher (``pretrain-distill latency``, whose ``--help`` says how it is
+measured): models built from presets, shapes ``L,A,H,F`` or model directories, timed interleaved, each
+with its ratio to the teacher, as a Markdown table beside the paper's Table 1."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModel, BertConfig
 
-from pretrain_distill.configuration import ConfigError
+from pretrain_distill.core.assets import resolve_model_path
+from pretrain_distill.core.errors import ConfigError
+from pretrain_distill.models import PRESETS, StudentSpec, encoder_parameter_count, spec_of
+from pretrain_distill.models.students import student_config
 
 #: The paper's CPU latencies, milliseconds, monolingual (Table 1); the teacher is BERT-base.
 PAPER_CPU_MS = {"6L-DistilBERT": 33.28, "6L": 11.98, "4L": 9.53, "3L": 5.41, "teacher": 64.91}
@@ -147,10 +127,6 @@ def measure_latencies(
 
 def teacher_config(teacher: str):
     """The teacher's config: ``bert-base`` = BERT-base's shape (``BertConfig()``), else a model path."""
-    from transformers import AutoConfig, BertConfig
-
-    from pretrain_distill.assets import resolve_model_path
-
     if teacher == BERT_BASE:
         return BertConfig()
     path = resolve_model_path(teacher)
@@ -161,8 +137,6 @@ def teacher_config(teacher: str):
 
 def parse_shape(text: str):
     """A preset name or ``L,A,H,F`` as a :class:`StudentSpec`; None when ``text`` is neither form."""
-    from pretrain_distill.models import PRESETS, StudentSpec
-
     if text in PRESETS:
         return PRESETS[text]
     parts = text.split(",")
@@ -181,10 +155,6 @@ def parse_shape(text: str):
 def build_model(target: str, teacher: str) -> nn.Module:
     """The bare encoder ``target`` names: a preset / ``L,A,H,F`` (random weights, teacher's family) or
     a Hugging Face model directory (its weights)."""
-    from transformers import AutoModel
-
-    from pretrain_distill.models.students import student_config
-
     spec = parse_shape(target)
     if spec is not None:
         return AutoModel.from_config(
@@ -200,10 +170,6 @@ def build_model(target: str, teacher: str) -> nn.Module:
 
 def build_teacher_model(teacher: str) -> nn.Module:
     """The teacher's bare encoder: BERT-base's shape with random weights, or the model at a path."""
-    from transformers import AutoModel
-
-    from pretrain_distill.assets import resolve_model_path
-
     if teacher == BERT_BASE:
         return AutoModel.from_config(teacher_config(teacher), attn_implementation="sdpa")
     teacher_config(teacher)  # a clear error for a bad path
@@ -212,8 +178,6 @@ def build_teacher_model(teacher: str) -> nn.Module:
 
 def shape_of(model: nn.Module) -> list[int] | None:
     """``[L, A, H, F]`` of a supported encoder family, else None."""
-    from pretrain_distill.models import spec_of
-
     try:
         return spec_of(model.config).as_list()
     except ValueError:
@@ -233,8 +197,6 @@ class LatencyRow:
 
 def latency_rows(targets: Sequence[str], teacher: str, settings: LatencySettings) -> list[LatencyRow]:
     """Measure every target and the teacher (last row) and give each its ratio to the teacher."""
-    from pretrain_distill.models import encoder_parameter_count
-
     models = [(t, build_model(t, teacher)) for t in targets]  # every bad name fails before timing
     models.append(("teacher", build_teacher_model(teacher)))
     stats = measure_latencies([m for _, m in models], settings)
@@ -272,64 +234,3 @@ def markdown_table(rows: Sequence[LatencyRow], settings: LatencySettings, paper:
         f"{settings.warmup} warm-up + {settings.repeats} timed forwards per model"
     )
     return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------------
-# Command line
-
-
-def add_settings_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
-    """``--device --batch --seq --threads --warmup --repeats`` (``prefix`` e.g. ``latency-`` for search)."""
-    d = LatencySettings()
-    parser.add_argument(f"--{prefix}device", choices=["cpu", "cuda"], default=d.device, help="default: cpu")
-    parser.add_argument(f"--{prefix}batch", type=int, default=d.batch, help=f"batch size (default {d.batch})")
-    parser.add_argument(
-        f"--{prefix}seq", type=int, default=d.seq, help=f"tokens per sequence (default {d.seq})"
-    )
-    parser.add_argument(
-        f"--{prefix}threads", type=int, default=d.threads, help=f"CPU intra-op threads (default {d.threads})"
-    )
-    parser.add_argument(
-        f"--{prefix}warmup", type=int, default=d.warmup, help=f"untimed forwards (default {d.warmup})"
-    )
-    parser.add_argument(
-        f"--{prefix}repeats", type=int, default=d.repeats, help=f"timed forwards (default {d.repeats})"
-    )
-
-
-def settings_from_args(args: argparse.Namespace, prefix: str = "") -> LatencySettings:
-    key = prefix.replace("-", "_")
-    names = ("device", "batch", "seq", "threads", "warmup", "repeats")
-    return LatencySettings(**{n: getattr(args, key + n) for n in names})
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "models",
-        nargs="*",
-        metavar="MODEL",
-        help="presets, shapes L,A,H,F and model directories (default: the four presets)",
-    )
-    parser.add_argument(
-        "--teacher",
-        default=BERT_BASE,
-        help=f"{BERT_BASE} (default: its shape, random weights), minilm, or a model directory",
-    )
-    add_settings_arguments(parser)
-    parser.add_argument("--out", help="also write the table to this Markdown file (+ .json beside it)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from pretrain_distill.models import PRESETS
-
-    settings = settings_from_args(args)
-    rows = latency_rows(args.models or list(PRESETS), args.teacher, settings)
-    table = markdown_table(rows, settings, paper=args.teacher == BERT_BASE)
-    print(table, end="")
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(table)
-        record = {"settings": asdict(settings), "teacher": args.teacher, "rows": [asdict(r) for r in rows]}
-        out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    return 0

@@ -1,30 +1,14 @@
-"""Write a run's curves as PNGs under ``<run_dir>/plots/``, from ``logs/metrics.jsonl``:
-
-  losses.png     the total loss and every loss term against the optimizer step (log scale), with
-                 the validation curve (val_*, train.eval_every) beside the training one when logged
-  training.png   learning rate, gradient norm and tokens/s against the step
-
-Example:
-
-  pretrain-distill plot runs/distill
-"""
+"""Loss-curve PNGs of a run (``pretrain-distill plot``): ``<run_dir>/plots/losses.png`` (the total loss and
+every term, with the validation curves when logged) and ``training.png`` (learning rate, gradient norm,
+tokens/s), read from ``logs/metrics.jsonl``."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from pretrain_distill.engine.logging import read_metrics
+from matplotlib.figure import Figure
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", help="run directory (holds logs/metrics.jsonl)")
-
-
-def run(args: argparse.Namespace) -> int:
-    for path in plot_run(args.run_dir):
-        print(path)
-    return 0
+from pretrain_distill.core.metrics_log import read_metrics
 
 
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -33,12 +17,8 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def _figure(records: list[dict], keys: list[str], path: Path, log_scale: bool) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.4 * len(keys)), sharex=True, squeeze=False)
+    fig = Figure(figsize=(7, 2.4 * len(keys)))
+    axes = fig.subplots(len(keys), 1, sharex=True, squeeze=False)
     for ax, key in zip(axes[:, 0], keys):
         steps, values = _series(records, key)
         ax.plot(steps, values, linewidth=1.2, label="train")
@@ -53,7 +33,6 @@ def _figure(records: list[dict], keys: list[str], path: Path, log_scale: bool) -
     axes[-1, 0].set_xlabel("optimizer step")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

@@ -1,43 +1,10 @@
-"""Student search: a short HS distillation of each candidate shape, ranked by the KD-NAS reward.
-
-  pretrain-distill search --teacher minilm --shards runs/shards/wiki --steps 300 \\
-      --candidates 3L 2,12,384,1536 3,12,192,768 2,6,192,768 --out runs/search
-
-Each candidate (a preset name or a shape `L,A,H,F`) is distilled by the engine (`pretrain-distill
-train`'s Trainer) with HS transfer (eq. 6) for `--steps` steps on the same data, batch, seed and
-schedule as every other candidate; then its validation HS loss L_HS is measured (eval mode, no
-gradients, the first `--val-batches` batches of the held-out shards in a fixed seeded order) and its
-latency (the `latency` command's measurement: bare encoder of the candidate's shape, random weights,
-default CPU, batch 1 x 128 tokens, 1 thread), interleaved with the teacher's so that both see the same
-load of a shared machine. The reward of Appendix C (after KD-NAS, Trivedi et al. 2023) ranks them:
-
-    reward(S) = (1 - L_HS) * (lat(S) / (0.6 * lat(T))) ** -0.06
-
-Validation data: `--val-shards DIR` (prepared with the same tokenizer), or by default the last
-`--holdout` shard(s) of `--shards` (manifest order), which then are not trained on; the split is written
-as two small manifest views (symlinks to the shards) under `<out>/data/`.
-
-The HS mapping defaults to `single` (the last student layer to the last teacher layer): L_HS is then one
-MSE for every depth, whereas a 1-to-1 mapping sums one MSE per student layer and so penalises deeper
-candidates. `--mapping` changes it; `--config FILE` / `--set section.key=value` change any other run
-setting (the objective must stay HS only: the reward reads L_HS).
-
-Output (in `--out`): `search.json` (settings, one record per finished candidate),
-`search.md` (the ranked table), `candidates/<shape>/` (each candidate's run directory). Running the same
-command again resumes: finished candidates are not re-run, a candidate stopped mid-way continues from its
-last checkpoint (train.resume=auto), new candidates are added; other settings than the candidates must
-be unchanged (error otherwise). Every candidate is checked before any training: a bad shape (heads not
-dividing hidden, non-positive sizes), a duplicate, a mapping or initialisation the teacher's depth or
-width does not allow, stops the search with one line per rejected candidate.
-
-Exit codes: 0 done; 2 bad arguments; 75 preempted by SIGTERM / SIGUSR1 after a checkpoint (rerun).
-"""
+"""Student search (``pretrain-distill search``, whose ``--help`` describes it): a short HS distillation of
+each candidate shape through the engine, its held-out L_HS and its latency, ranked by the KD-NAS reward
+of Appendix C (:func:`kd_nas_reward`). A search directory resumes: finished candidates are kept."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -46,8 +13,25 @@ from typing import Any
 
 import torch
 
-from pretrain_distill.configuration import ConfigError
-from pretrain_distill.latency import LatencySettings
+from pretrain_distill.core.distributed import launcher_env_scope
+from pretrain_distill.core.errors import ConfigError
+from pretrain_distill.core.files import atomic_write_json
+from pretrain_distill.data.manifest import MANIFEST, load_manifest
+from pretrain_distill.engine.evaluate import evaluate, load_validation_batches
+from pretrain_distill.engine.signals import PreemptionFlag
+from pretrain_distill.engine.trainer import Trainer
+from pretrain_distill.latency import (
+    BERT_BASE,
+    LatencySettings,
+    build_model,
+    build_teacher_model,
+    measure_latencies,
+    parse_shape,
+    teacher_config,
+)
+from pretrain_distill.models import encoder_parameter_count, spec_from_config, spec_of
+from pretrain_distill.objectives.mappings import reachable_mapping
+from pretrain_distill.run_config import RunConfig, load_run_config
 
 #: Appendix C's reward constants: the latency target (a fraction of the teacher's) and the exponent.
 LATENCY_TARGET = 0.6
@@ -90,9 +74,6 @@ class Candidate:
 def check_candidates(texts: Sequence[str], teacher_config: Any, mapping: Any, init: str) -> list[Candidate]:
     """Parse and check every candidate against the teacher; raise :class:`ConfigError` listing each
     rejected one with its reason (nothing is trained when any is rejected)."""
-    from pretrain_distill.latency import parse_shape
-    from pretrain_distill.models import spec_of
-    from pretrain_distill.objectives.mappings import reachable_mapping
 
     teacher = spec_of(teacher_config)
     candidates, reasons, seen = [], [], {}
@@ -137,8 +118,6 @@ def check_candidates(texts: Sequence[str], teacher_config: Any, mapping: Any, in
 
 def _write_view(manifest: dict[str, Any], entries: list[dict[str, Any]], source: Path, out: Path) -> Path:
     """A shard directory holding ``entries`` of ``manifest``: a manifest.json and symlinks to the shards."""
-    from pretrain_distill.data.prepare import MANIFEST
-
     out.mkdir(parents=True, exist_ok=True)
     for entry in entries:
         link = out / entry["name"]
@@ -147,16 +126,13 @@ def _write_view(manifest: dict[str, Any], entries: list[dict[str, Any]], source:
     totals = {k: sum(e[k] for e in entries) for k in ("sequences", "tokens", "documents")}
     view = {**manifest, "shards": entries, "totals": {**manifest.get("totals", {}), **totals}}
     view["view_of"] = str(source.resolve())
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(view, indent=2) + "\n")
-    os.replace(tmp, out / MANIFEST)
+    atomic_write_json(out / MANIFEST, view)
     return out
 
 
 def split_shards(shards: str, val_shards: str | None, holdout: int, out: Path) -> tuple[str, str]:
     """``(train_dir, val_dir)``: ``val_shards`` as given with all of ``shards`` for training, or the last
     ``holdout`` shards of ``shards`` held out (written as manifest views under ``out``)."""
-    from pretrain_distill.data import load_manifest
 
     manifest = load_manifest(shards)
     if val_shards:
@@ -201,11 +177,11 @@ class SearchSettings:
         return json.loads(json.dumps(asdict(self)))  # tuples as lists, as read back from JSON
 
 
-def run_config(settings: SearchSettings, data_dir: str, run_dir: Path, candidate: Candidate | None = None):
+def run_config(
+    settings: SearchSettings, data_dir: str, run_dir: Path, candidate: Candidate | None = None
+) -> RunConfig:
     """The :class:`RunConfig` of a candidate's distillation: the same for all but shape and run dir
     (``candidate=None``: the shared part only, as the user's configs give the student)."""
-    from pretrain_distill.config import load_run_config
-    from pretrain_distill.models import spec_from_config
 
     device = settings.device
     if device == "auto":
@@ -239,15 +215,14 @@ def run_config(settings: SearchSettings, data_dir: str, run_dir: Path, candidate
             f"search distils with HS only (the reward reads L_HS), got objective.weights {cfg.objective.weights}"
         )
     if candidate is not None and tuple(spec_from_config(cfg.student).as_list()) != candidate.shape:
-        raise ConfigError("the candidates give the student's shape: --set / --config may not change it")
+        raise ConfigError(
+            "the candidates give the student's shape: a config file or override may not change it"
+        )
     return cfg
 
 
 def distill_and_validate(cfg, val_dir: str, val_batches: int) -> dict[str, float]:
     """Run (or resume) one candidate's distillation through the engine, then its validation losses."""
-    from pretrain_distill.engine.distributed import launcher_env_scope
-    from pretrain_distill.engine.signals import PreemptionFlag
-    from pretrain_distill.engine.trainer import Trainer
 
     with launcher_env_scope(), PreemptionFlag() as preemption:
         trainer = Trainer(cfg)
@@ -258,17 +233,10 @@ def distill_and_validate(cfg, val_dir: str, val_batches: int) -> dict[str, float
 def held_out_losses(distiller, val_dir: str, cfg, val_batches: int, device: torch.device) -> dict[str, float]:
     """Each loss term of ``distiller`` (``hs``, ``loss``) averaged over the first ``val_batches``
     micro-batches of ``val_dir``: the engine's validation pass (engine/evaluate.py), in one process."""
-    from pretrain_distill.engine.evaluate import evaluate, load_validation_batches
 
     batches = load_validation_batches(val_dir, cfg.train.micro_batch_size, val_batches, seed=cfg.train.seed)
     losses = evaluate(distiller, batches, None, device, cfg.train.seed)
     return {("loss" if k == "val_loss" else k.removeprefix("val_loss_")): v for k, v in losses.items()}
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def load_state(out: Path, settings: SearchSettings) -> dict[str, Any]:
@@ -323,8 +291,6 @@ def markdown_table(state: dict[str, Any]) -> str:
 def measure_pair(shape: Sequence[int], teacher: str, settings: LatencySettings) -> dict[str, Any]:
     """Latency of a shape (random weights) and of the teacher, measured interleaved (so both see the same
     load of a shared machine), and the shape's encoder parameters."""
-    from pretrain_distill.latency import build_model, build_teacher_model, measure_latencies
-    from pretrain_distill.models import encoder_parameter_count
 
     student = build_model(",".join(map(str, shape)), teacher)
     s_stats, t_stats = measure_latencies([student, build_teacher_model(teacher)], settings)
@@ -337,7 +303,6 @@ def measure_pair(shape: Sequence[int], teacher: str, settings: LatencySettings) 
 
 def search(settings: SearchSettings, candidate_texts: Sequence[str], out: Path) -> dict[str, Any]:
     """Run (or resume) the search in ``out``; returns the state (see :func:`load_state`)."""
-    from pretrain_distill.latency import BERT_BASE, teacher_config
 
     if settings.teacher == BERT_BASE:
         raise ConfigError(
@@ -382,91 +347,6 @@ def search(settings: SearchSettings, candidate_texts: Sequence[str], out: Path) 
             "reward": reward,
             "run_dir": str(run_dir),
         }
-        _write_json(out / STATE_FILE, state)
+        atomic_write_json(out / STATE_FILE, state)
         (out / TABLE_FILE).write_text(markdown_table(state))
     return state
-
-
-# ---------------------------------------------------------------------------------------------------
-# Command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pretrain_distill.latency import add_settings_arguments
-
-    parser.add_argument(
-        "--teacher", required=True, help="teacher model directory, or minilm (the embedded one)"
-    )
-    parser.add_argument("--shards", required=True, help="directory written by `pretrain-distill prepare`")
-    parser.add_argument(
-        "--candidates",
-        nargs="+",
-        required=True,
-        metavar="SPEC",
-        help="presets (3L, 4L, ...) or shapes L,A,H,F",
-    )
-    parser.add_argument("--steps", type=int, required=True, help="HS distillation steps per candidate")
-    parser.add_argument("--out", default="runs/search", help="search directory (default: runs/search)")
-    parser.add_argument(
-        "--val-shards", help="validation shards (default: hold out the last --holdout shards)"
-    )
-    parser.add_argument("--holdout", type=int, default=1, help="shards of --shards held out (default 1)")
-    parser.add_argument("--val-batches", type=int, default=16, help="validation batches (default 16)")
-    parser.add_argument(
-        "--batch", type=int, default=32, help="training / validation micro batch (default 32)"
-    )
-    parser.add_argument("--mapping", default="single", help="HS layer mapping (default: single)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="training device")
-    parser.add_argument(
-        "--config", action="append", default=[], metavar="FILE", help="run config YAML (repeatable)"
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="run config override (repeatable), e.g. --set train.lr=1e-3",
-    )
-    group = parser.add_argument_group("latency (see `pretrain-distill latency --help`)")
-    add_settings_arguments(group, prefix="latency-")
-
-
-def run(args: argparse.Namespace) -> int:
-    from pretrain_distill.engine.signals import EXIT_PREEMPTED
-    from pretrain_distill.engine.trainer import Preempted
-    from pretrain_distill.latency import settings_from_args
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError(
-            "search runs in one process (candidates one after the other): launch it without torchrun"
-        )
-    for name in ("steps", "holdout", "val_batches", "batch"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    settings = SearchSettings(
-        teacher=args.teacher,
-        shards=args.shards,
-        val_shards=args.val_shards,
-        holdout=args.holdout,
-        steps=args.steps,
-        batch=args.batch,
-        val_batches=args.val_batches,
-        mapping=args.mapping,
-        device=args.device,
-        configs=tuple(args.config),
-        overrides=tuple(args.overrides),
-        latency=settings_from_args(args, prefix="latency-"),
-    )
-    out = Path(args.out)
-    try:
-        state = search(settings, args.candidates, out)
-    except Preempted as stop:
-        print(
-            f"pretrain-distill search: stopped, {stop.checkpoint} saved; rerun the same command to continue",
-            file=sys.stderr,
-        )
-        return EXIT_PREEMPTED
-    print(markdown_table(state), end="")
-    print(f"search: {out / STATE_FILE}, {out / TABLE_FILE}")
-    return 0

@@ -31,7 +31,7 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def teacher_dir():
     """Local directory of the real all-MiniLM-L6-v2 teacher (BertModel 6x384, 12 heads)."""
-    from pretrain_distill.assets import teacher_path
+    from pretrain_distill.core.assets import teacher_path
 
     return teacher_path()
 
@@ -71,7 +71,7 @@ def movie_shards(tmp_path_factory, tokenizer):
     """Factory ``make(name, chars, **prepare_options) -> (shard dir, manifest)``: the first ``chars``
     characters (whole lines) of the real movie-review sentences, one document a line, prepared into
     32-token sequences by ``prepare_shards`` (``prepare_options``: shard_chars, validation_fraction, ...)."""
-    from pretrain_distill.assets import movie_sentences_path
+    from pretrain_distill.core.assets import movie_sentences_path
     from pretrain_distill.data import prepare_shards
 
     sentences = [

@@ -20,7 +20,7 @@ _EXPORTS = {
     "parse_source": "sources",
     "iter_documents": "sources",
     "prepare_shards": "prepare",
-    "load_manifest": "prepare",
+    "load_manifest": "manifest",
     "build_dataloader": "stream",
     "ShardLoader": "stream",
     "ShardStream": "stream",

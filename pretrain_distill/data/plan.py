@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from pretrain_distill.core.seeds import numpy_rng
 from pretrain_distill.data.errors import DataError
 
 Ranges = list[tuple[int, int]]  # [lo, hi) position ranges, in reading order
@@ -65,11 +66,11 @@ def epoch_pieces(shards: Sequence[tuple[str, int]], alpha: float, seed: int, epo
     )
     pieces: list[Piece] = []
     for lang_index, (language, ids) in enumerate(sorted(by_language.items())):
-        order = [ids[i] for i in np.random.default_rng([seed, lang_index]).permutation(len(ids))]
+        order = [ids[i] for i in numpy_rng(seed, lang_index).permutation(len(ids))]
         pieces += _cyclic_window(
             order, [shards[i][1] for i in order], epoch * targets[language], targets[language]
         )
-    shuffle = np.random.default_rng([seed, epoch, 1 << 20]).permutation(len(pieces))
+    shuffle = numpy_rng(seed, epoch, 1 << 20).permutation(len(pieces))
     return [pieces[i] for i in shuffle]
 
 
@@ -162,7 +163,7 @@ def worker_share(
 
 def window_order(seed: int, epoch: int, position: int, size: int) -> np.ndarray:
     """The seeded reading order of the shuffle window of ``size`` rows starting at ``position``."""
-    return np.random.default_rng([seed, epoch, position]).permutation(size)
+    return numpy_rng(seed, epoch, position).permutation(size)
 
 
 def select(pieces: Sequence[Piece], ranges: Ranges) -> list[Piece]:

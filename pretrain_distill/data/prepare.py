@@ -1,41 +1,14 @@
-"""Tokenize a corpus once into packed, pre-tokenized webdataset shards plus a manifest.json.
+"""Tokenize a corpus once into packed, pre-tokenized webdataset shards plus a manifest.json
+(``pretrain-distill prepare``; its ``--help`` describes the sources, the shard layout and resuming).
 
-Each --source is KIND:PATH[#key=value,...] (PATH: a file, a directory or a glob):
-
-  wikipedia     official XML dump *.xml.bz2, or a directory of split parts *.xml-p1p41242.bz2
-                (markup stripped)                               #language=xx,index=...-multistream-index.txt.bz2
-  wikipedia-hf  wikimedia/wikipedia-style HF dataset or dir      #config=20231101.fr,split=train
-  bookcorpus    directory of *.txt books, or the HF row layout    #language=en
-  cc100         xx.txt / xx.txt.xz files (language from name)
-  text          *.txt(.xz/.bz2/.gz)                             #language=xx,doc=blank|line|file
-  jsonl         *.jsonl                                         #column=text,language=xx,language_column=lang
-  parquet       *.parquet                                       #column=text,language=xx,language_column=lang
-  hf            any datasets.load_dataset name or local dir     #config=..,split=..,column=..,language=..
-
-The sources are cut into units of work (files, groups of small files, ranges of a multistream dump
-given its index, shards of a streamed dataset) that --workers processes read in parallel. Each unit's
-documents are tokenized with the teacher's fast tokenizer, packed contiguously into [CLS] ... [SEP]
-sequences of --max-length tokens ([SEP] between documents; RoBERTa FULL-SENTENCES packing, never
-mixing languages), shuffled within each shard (--seed) and written as DIR/<lang>-<unit>-<k>.tar
-shards of uint16 (int32 for vocabularies over 65536) arrays. The result is a pure function of the
-inputs and settings, whatever --workers is. An interrupted run resumes when run again with the same
-arguments: finished units are skipped without reading them, the rest are prepared.
-
---validation-fraction F holds out about F of the documents (a seeded draw per document) and
---validation-source adds whole corpora to the held-out set: those go to DIR/validation/ (a shard
-directory of its own, with its manifest), never into the training shards.
-
-Examples:
-  pretrain-distill prepare --source wikipedia:enwiki-latest-pages-articles.xml.bz2 --out runs/shards/wiki
-  pretrain-distill prepare --source wikipedia:data/enwiki-split/ --source bookcorpus:data/books/ \\
-      --out runs/shards/wikibooks --max-length 256 --workers 16 --validation-fraction 0.001
-  pretrain-distill prepare --source 'cc100:data/cc100/*.txt.xz' --out runs/shards/cc100 \\
-      --tokenizer xlm-roberta-base
+The sources are cut into units of work that worker processes read in parallel; each unit's documents
+are tokenized with the teacher's fast tokenizer, packed into ``[CLS] ... [SEP]`` sequences, shuffled
+within each shard and written as ``<lang>-<unit>-<k>.tar`` shards. The result is a pure function of the
+inputs and settings, whatever the number of workers; an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -50,10 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tokenizers import Tokenizer
 from tqdm import tqdm
+from transformers import AutoTokenizer
 
+from pretrain_distill.core.assets import resolve_model_path
+from pretrain_distill.core.files import atomic_write_json
+from pretrain_distill.core.seeds import numpy_rng
 from pretrain_distill.data import readers
 from pretrain_distill.data.errors import CorruptInput, DataError
+from pretrain_distill.data.manifest import MANIFEST, PROGRESS, VALIDATION
 from pretrain_distill.data.packing import pack_documents
 from pretrain_distill.data.readers import Document
 from pretrain_distill.data.shards import write_shard
@@ -62,9 +41,6 @@ from pretrain_distill.data.wikipedia import strip_wiki_markup
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-PROGRESS = "progress.jsonl"  # settings line + one line per finished unit; removed when complete
-VALIDATION = "validation"  # sub-directory of the held-out shards (a shard directory of its own)
 FORMAT_VERSION = 2
 _REPORT_BYTES = 4 << 20  # a worker reports its input progress every this many bytes
 
@@ -123,10 +99,6 @@ class Job:
 def tokenizer_info(tokenizer: Any) -> tuple[dict[str, Any], str]:
     """``(manifest entry, backend JSON)`` of a Hugging Face fast tokenizer or a path / ``"minilm"``."""
     if isinstance(tokenizer, (str, Path)):
-        from transformers import AutoTokenizer
-
-        from pretrain_distill.assets import resolve_model_path
-
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(str(tokenizer)))
     if not getattr(tokenizer, "is_fast", False):
         raise DataError(f"tokenizer {tokenizer.name_or_path!r} is not a fast (Rust) tokenizer")
@@ -159,8 +131,6 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(backend_json: str, settings: Settings, out_dir: str) -> None:
     """Chunk workers: the tokenizer, settings and output directory."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # parallelism comes from the processes
-    from tokenizers import Tokenizer
-
     tokenizer = Tokenizer.from_str(backend_json)
     tokenizer.no_truncation()  # the teacher's file truncates / pads to 128: packing does both
     tokenizer.no_padding()
@@ -186,7 +156,7 @@ def read_unit(
     context = readers.CONTEXT
     context.bytes_read, context.bad = 0, []
     reported = 0
-    held_out = np.random.default_rng([settings.seed, job.number, 1])
+    held_out = numpy_rng(settings.seed, job.number, 1)
     fraction = 1.0 if job.validation else settings.validation_fraction
     chunks: dict[tuple[str, str], Chunk] = {}
     count = 0
@@ -266,7 +236,7 @@ def process_chunk(chunk: Chunk) -> dict[str, Any]:
         info["pad_id"],
         np.dtype(info["dtype"]),
     )
-    order = np.random.default_rng([settings.seed, chunk.unit, chunk.index]).permutation(len(ids))
+    order = numpy_rng(settings.seed, chunk.unit, chunk.index).permutation(len(ids))
     ids, lengths = ids[order], lengths[order]
     if len(ids):
         write_shard(_WORKER["out_dir"] / chunk.name, ids, lengths, settings.block_size)
@@ -349,9 +319,29 @@ def prepare_shards(
     jobs = plan_jobs(parsed, held_out, shard_chars)  # finds every input (or raises) before writing
     out.mkdir(parents=True, exist_ok=True)
     done = _load_progress(out, settings)
-    todo = [job for job in jobs if job.number not in done]
     workers = max(1, workers or available_cpus())  # readers: at most one per unit (_run_units)
     start = time.perf_counter()
+    _prepare_units(out, jobs, done, workers, (backend, settings, str(out), skip_bad_input), progress)
+    manifest = _write_manifests(
+        out, settings, [done[j.number] for j in jobs], time.perf_counter() - start, workers
+    )
+    (out / PROGRESS).unlink()
+    _report(manifest)
+    return manifest
+
+
+def _prepare_units(
+    out: Path,
+    jobs: list[Job],
+    done: dict[int, dict[str, Any]],
+    workers: int,
+    init_args: tuple[str, Settings, str, bool],
+    progress: bool,
+) -> None:
+    """Prepare every job not in ``done`` (adding each to it), journalling each finished unit (flushed to
+    disk) so that an interrupted run resumes after it."""
+    todo = [job for job in jobs if job.number not in done]
+    settings = init_args[1]
     with (
         open(out / PROGRESS, "a") as journal,
         tqdm(
@@ -363,16 +353,20 @@ def prepare_shards(
             disable=not progress,
         ) as bar,
     ):
-        if any(job.validation or validation_fraction for job in todo):
+        if any(job.validation or settings.validation_fraction for job in todo):
             (out / VALIDATION).mkdir(exist_ok=True)
-        for result in _run_units(todo, workers, (backend, settings, str(out), skip_bad_input), bar.update):
+        for result in _run_units(todo, workers, init_args, bar.update):
             done[result["unit"]] = result
             journal.write(json.dumps(result) + "\n")
             journal.flush()
             os.fsync(journal.fileno())
             bar.set_postfix(units=f"{len(done)}/{len(jobs)}")
-    results = [done[j.number] for j in jobs]
-    seconds = time.perf_counter() - start
+
+
+def _write_manifests(
+    out: Path, settings: Settings, results: list[dict[str, Any]], seconds: float, workers: int
+) -> dict[str, Any]:
+    """The training manifest (and the held-out one under ``validation/``) of the units' results."""
     records = [r for result in results for r in result["records"]]
     bad_input = [b for result in results for b in result["bad_input"]]
     train = [r for r in records if r["split"] == "train"]
@@ -384,15 +378,13 @@ def prepare_shards(
         validation = _manifest(settings, held, seconds, workers)
         for shard in validation["shards"]:
             shard["name"] = shard["name"].removeprefix(f"{VALIDATION}/")
-        _write_json(out / VALIDATION / MANIFEST, validation)
+        atomic_write_json(out / VALIDATION / MANIFEST, validation)
         manifest["validation"] = {
             "dir": VALIDATION,
             **validation["totals"],
             "shards": len(validation["shards"]),
         }
-    _write_json(out / MANIFEST, manifest)
-    (out / PROGRESS).unlink()
-    _report(manifest)
+    atomic_write_json(out / MANIFEST, manifest)
     return manifest
 
 
@@ -552,106 +544,3 @@ def _report(manifest: dict[str, Any]) -> None:
         log.warning(
             "%d lines had invalid UTF-8 replaced by U+FFFD (see the warnings above)", totals["decode_errors"]
         )
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def load_manifest(shard_dir: str | Path) -> dict[str, Any]:
-    """The manifest of a finished preparation; raises :class:`DataError` when there is none."""
-    path = Path(shard_dir) / MANIFEST
-    if not path.exists():
-        hint = " (preparation unfinished: run prepare again)" if (Path(shard_dir) / PROGRESS).exists() else ""
-        raise DataError(f"{path}: no manifest{hint}; create it with `pretrain-distill prepare`")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON: {err}") from err
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--source",
-        action="append",
-        required=True,
-        metavar="KIND:PATH[#k=v,...]",
-        help="a corpus to read (repeatable; see above)",
-    )
-    parser.add_argument("--out", required=True, help="output directory for the shards and manifest.json")
-    parser.add_argument(
-        "--tokenizer",
-        default="minilm",
-        help="fast tokenizer: a HF directory / name, or 'minilm' (the teacher's; default)",
-    )
-    parser.add_argument("--max-length", type=int, default=256, help="tokens per sequence (default 256)")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=available_cpus(),
-        help="processes (default: the CPUs this job may use: SLURM_CPUS_PER_TASK or the CPU affinity)",
-    )
-    parser.add_argument(
-        "--shard-chars",
-        type=int,
-        default=32_000_000,
-        help="input characters per shard, and input bytes per unit of work (default 32M: ~7M tokens, ~14 MB)",
-    )
-    parser.add_argument(
-        "--validation-fraction",
-        type=float,
-        default=0.0,
-        help="hold out about this fraction of the documents in DIR/validation/ (default 0)",
-    )
-    parser.add_argument(
-        "--validation-source",
-        action="append",
-        default=[],
-        metavar="KIND:PATH[#k=v,...]",
-        help="a corpus held out entirely in DIR/validation/ (repeatable)",
-    )
-    parser.add_argument(
-        "--skip-bad-input",
-        action="store_true",
-        help="skip a corrupt .bz2 member / .xz stream (counted in the manifest) instead of stopping",
-    )
-    parser.add_argument("--block-size", type=int, default=256, help="sequences per tar member (default 256)")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the in-shard sequence shuffle (default 0)"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    manifest = prepare_shards(  # a DataError ends as one line from the CLI, exit 2
-        args.source,
-        args.out,
-        args.tokenizer,
-        args.max_length,
-        args.workers,
-        args.shard_chars,
-        args.block_size,
-        args.seed,
-        progress=not args.no_progress,
-        validation_fraction=args.validation_fraction,
-        validation_sources=args.validation_source,
-        skip_bad_input=args.skip_bad_input,
-    )
-    totals = manifest["totals"]
-    print(
-        f"{args.out}: {len(manifest['shards'])} shards, {totals['sequences']} sequences, {totals['tokens']} tokens, "
-        f"languages {sorted(manifest['languages'])}, {manifest['last_run']['seconds']:.1f} s"
-        + (
-            f", {manifest['validation']['sequences']} validation sequences"
-            if "validation" in manifest
-            else ""
-        )
-    )
-    return 0

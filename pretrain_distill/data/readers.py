@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Optional
 
+import datasets
+import pyarrow.parquet as pq
+
 from pretrain_distill.data.errors import CorruptInput, DataError
 
 log = logging.getLogger(__name__)
@@ -299,8 +302,6 @@ def read_parquet(
     path: str | Path, column: str = "text", language: str = "und", language_column: str = ""
 ) -> Iterator[Document]:
     """A Parquet file's text column, streamed batch by batch (never the whole table)."""
-    import pyarrow.parquet as pq
-
     path = Path(path)
     columns = [column] + ([language_column] if language_column else [])
     try:
@@ -333,8 +334,6 @@ def read_hf(
     dataset ``name`` / ``config``; ``shard=(index, count)``: only that shard of the streamed dataset
     (``IterableDataset.shard``), so that ``prepare`` can spread one dataset over its workers.
     """
-    import datasets
-
     if files is not None:
         builder = _hf_builder([Path(f) for f in files], name)
         dataset = datasets.load_dataset(builder, data_files={split: files}, split=split, streaming=True)
@@ -355,8 +354,6 @@ def hf_data_files(directory: Path) -> list[Path]:
 
 def hf_shard_count(name: str, config: str | None, split: str) -> int:
     """Shards of a hub dataset streamed with ``datasets`` (its data files), for spreading over workers."""
-    import datasets
-
     try:
         return max(1, datasets.load_dataset(name, config, split=split, streaming=True).n_shards)
     except Exception as err:  # datasets raises many types (FileNotFound, ConnectionError, ValueError)

@@ -10,7 +10,6 @@ truncated or empty shard raises :class:`DataError` naming it.
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,13 +18,14 @@ import numpy as np
 import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from pretrain_distill.core.files import atomic_path
 from pretrain_distill.data.errors import DataError
 
 
 def write_shard(path: Path, input_ids: np.ndarray, lengths: np.ndarray, block_size: int) -> None:
     """Write the rows as a shard, atomically (a crash never leaves a half-written ``path``)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with wds.TarWriter(str(tmp), mtime=0.0) as writer:  # fixed mtime: byte-identical re-runs
+    # A fixed mtime: re-running gives byte-identical shards.
+    with atomic_path(path) as tmp, wds.TarWriter(str(tmp), mtime=0.0) as writer:
         for k, start in enumerate(range(0, len(input_ids), block_size)):
             writer.write(
                 {
@@ -34,7 +34,6 @@ def write_shard(path: Path, input_ids: np.ndarray, lengths: np.ndarray, block_si
                     "lengths.npy": np.ascontiguousarray(lengths[start : start + block_size]),
                 }
             )
-    os.replace(tmp, path)
 
 
 def read_rows(

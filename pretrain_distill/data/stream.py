@@ -32,11 +32,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pretrain_distill.config import DataConfig
+from pretrain_distill.core.seeds import derive_seed, numpy_rng
 from pretrain_distill.data import plan
 from pretrain_distill.data.errors import DataError
-from pretrain_distill.data.prepare import load_manifest
+from pretrain_distill.data.manifest import load_manifest
 from pretrain_distill.data.shards import read_rows
+from pretrain_distill.run_config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ class ShardStream(IterableDataset):
                 raise DataError(
                     f"{self.shard_dir}: a whole shuffle window at position {position} is unreadable"
                 )
-            rng = np.random.default_rng([self.seed, epoch, position, 1])
+            rng = numpy_rng(self.seed, epoch, position, 1)
             order[bad] = rng.choice(good, size=int(bad.sum()))
         return ids[order], lengths[order]
 
@@ -268,10 +269,6 @@ def _close_at_exit(loader: weakref.ref) -> None:
         alive.close()
 
 
-def _loader_seed(*counters: int) -> int:
-    return int(np.random.SeedSequence(list(counters)).generate_state(1)[0])
-
-
 class ShardLoader:
     """A rank's resumable loader: iterate for one epoch, ``state_dict()`` / ``load_state_dict()``.
 
@@ -319,7 +316,7 @@ class ShardLoader:
         d.epoch, d.todo, d.start_step = self.epoch, self.todo, self.step
         if not d.num_workers:
             return iter(d)
-        generator = torch.Generator().manual_seed(_loader_seed(d.seed, d.rank, self.epoch, self.step))
+        generator = torch.Generator().manual_seed(derive_seed(d.seed, d.rank, self.epoch, self.step))
         if not self._exit_hook:
             atexit.register(_close_at_exit, weakref.ref(self))
             self._exit_hook = True

@@ -7,10 +7,9 @@ Layout under ``<run_dir>/checkpoints/``::
 
 A killed or failed write never leaves a ``step_*`` directory without ``COMPLETE``, so
 :meth:`CheckpointStore.latest` only ever returns checkpoints that were fully written. ``COMPLETE``
-also lists every file with its size and SHA-256: :func:`verify_checkpoint` checks them, so a checkpoint
-damaged after it was written (truncated copy, full disk, bit rot) is named, never loaded;
-:meth:`CheckpointStore.latest_verified` (``resume: auto``) skips it with a warning. Only the newest
-``keep_last`` complete checkpoints are kept. With several ranks every rank writes its files into the
+also lists every file with its size and SHA-256 (:mod:`pretrain_distill.core.checkpoint_trust`, the
+fine-tuning stage's checkpoints carry the same): :meth:`CheckpointStore.latest_verified` (``resume:
+auto``) skips a damaged one with a warning. Only the newest ``keep_last`` complete checkpoints are kept. With several ranks every rank writes its files into the
 same temporary directory (a shared filesystem); rank 0 creates and commits it.
 
 Nothing here unpickles: the marker is JSON, the RNG states are safetensors + JSON, and DeepSpeed's own
@@ -21,10 +20,8 @@ the few DeepSpeed classes they hold).
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+import importlib
 import logging
-import os
 import random
 import re
 import shutil
@@ -36,65 +33,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from pretrain_distill.core.checkpoint_trust import (
+    COMPLETE,
+    mark_complete,
+    newest_verified,
+)
+from pretrain_distill.core.files import publish_dir
+
 log = logging.getLogger(__name__)
 
-COMPLETE = "COMPLETE"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
 def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be trusted: names the file that is missing, truncated or altered."""
-
-
-def file_digests(directory: Path) -> dict[str, dict[str, Any]]:
-    """``{relative path: {"bytes": size, "sha256": hex}}`` of every file under ``directory``."""
-    out = {}
-    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != COMPLETE):
-        with open(path, "rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        out[path.relative_to(directory).as_posix()] = {"bytes": path.stat().st_size, "sha256": digest}
-    return out
-
-
-def verify_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
-    """The metadata of a complete checkpoint whose files all match their recorded size and checksum.
-
-    Raises :class:`CheckpointError` naming the first file that is missing, has another size, or
-    another SHA-256 (and the checkpoint, when it has no ``COMPLETE`` marker or an unreadable one).
-    """
-    checkpoint = Path(checkpoint)
-    try:
-        meta = read_metadata(checkpoint)
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{checkpoint / COMPLETE}: unreadable marker: {err}") from None
-    files = meta.get("files")
-    if not isinstance(files, dict) or not files:
-        raise CheckpointError(f"{checkpoint / COMPLETE}: lists no files with sizes and checksums")
-    for name, want in files.items():
-        path = checkpoint / name
-        if not path.is_file():
-            raise CheckpointError(f"{path}: missing from checkpoint {checkpoint.name}")
-        size = path.stat().st_size
-        if size != want["bytes"]:
-            raise CheckpointError(
-                f"{path}: {size} bytes, {want['bytes']} were written (truncated or altered)"
-            )
-        with open(path, "rb") as handle:
-            if hashlib.file_digest(handle, "sha256").hexdigest() != want["sha256"]:
-                raise CheckpointError(f"{path}: checksum differs from the one written (corrupt)")
-    return meta
 
 
 class CheckpointStore:
@@ -123,18 +75,9 @@ class CheckpointStore:
         return done[-1][1] if done else None
 
     def latest_verified(self) -> Path | None:
-        """The newest complete checkpoint that passes :func:`verify_checkpoint`, warning for each newer
-        one that does not; ``None`` when there is none. Raises when checkpoints exist but none verifies."""
-        done = self.complete()
-        for _, path in reversed(done):
-            try:
-                verify_checkpoint(path)
-                return path
-            except CheckpointError as err:
-                log.warning("skipping checkpoint %s: %s", path.name, err)
-        if done:
-            raise CheckpointError(f"{self.root}: no checkpoint passes its checks (see the warnings above)")
-        return None
+        """The newest complete checkpoint whose files pass their size and checksum checks, warning for each
+        newer one that does not; ``None`` when there is none (raises when none of several verifies)."""
+        return newest_verified([path for _, path in self.complete()], self.root)
 
     def staging(self, step: int) -> Path:
         """The temporary directory a checkpoint of ``step`` is written into."""
@@ -153,18 +96,9 @@ class CheckpointStore:
         """Mark the staged checkpoint complete (with its files' sizes and checksums), move it into place,
         prune old ones; returns its path."""
         staged = self.staging(step)
-        marker = staged / COMPLETE
-        files = file_digests(staged)
-        with open(marker, "w") as handle:
-            json.dump({"step": step, **metadata, "files": files}, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _fsync_dir(staged)
-        final = self.root / step_dir_name(step)
-        if final.exists():  # re-saving the same step (e.g. a signal right after a periodic save)
-            shutil.rmtree(final)
-        os.replace(staged, final)
-        _fsync_dir(self.root)
+        mark_complete(staged, {"step": step, **metadata})
+        # Re-saving the same step (a signal right after a periodic save) replaces the earlier copy.
+        final = publish_dir(staged, self.root / step_dir_name(step))
         self.prune()
         return final
 
@@ -188,17 +122,9 @@ def set_aside(run_dir: str | Path) -> Path | None:
     aside = run_dir / f"replaced-{stamp}"
     aside.mkdir()
     for path in present:
-        os.replace(path, aside / path.name)
+        path.rename(aside / path.name)
     log.warning("train.resume=overwrite: moved the previous run's %s to %s", ", ".join(RUN_FILES), aside)
     return aside
-
-
-def read_metadata(checkpoint: str | Path) -> dict[str, Any]:
-    """The JSON metadata stored in a complete checkpoint's marker."""
-    marker = Path(checkpoint) / COMPLETE
-    if not marker.is_file():
-        raise FileNotFoundError(f"{checkpoint} is not a complete checkpoint (no {COMPLETE} marker)")
-    return json.loads(marker.read_text())
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -242,8 +168,6 @@ DEEPSPEED_CHECKPOINT_CLASSES = (
 
 
 def _deepspeed_classes() -> list[Any]:
-    import importlib
-
     out = []
     for name in DEEPSPEED_CHECKPOINT_CLASSES:
         module, _, attr = name.rpartition(".")

@@ -15,11 +15,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from pretrain_distill.config import DataConfig
-from pretrain_distill.configuration import ConfigError
+from pretrain_distill.core.errors import ConfigError
+from pretrain_distill.core.seeds import derive_seed
+from pretrain_distill.data.stream import ShardStream, collate
+from pretrain_distill.run_config import DataConfig
 
 Batch = tuple[int, dict[str, torch.Tensor]]  # (index in the validation set, batch)
 VALIDATION_DIR = "validation"  # where prepare writes the held-out shards, under data.shards
@@ -55,8 +56,6 @@ def load_validation_batches(
 
     ``expect_tokenizer``: the training shards' tokenizer sha256 (the held-out shards must match).
     """
-    from pretrain_distill.data.stream import ShardStream, collate
-
     stream = ShardStream(shard_dir, batch_size, rank=0, world_size=1, num_workers=0, seed=seed)
     found = stream.manifest["tokenizer"]["sha256"]
     if expect_tokenizer is not None and found != expect_tokenizer:
@@ -75,7 +74,7 @@ def load_validation_batches(
 
 def batch_seed(seed: int, index: int) -> int:
     """Masking seed of validation batch ``index``: a function of ``(seed, index)`` only."""
-    return int(np.random.SeedSequence([seed, index, 0x5EED]).generate_state(1)[0])
+    return derive_seed(seed, index, 0x5EED)
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from pretrain_distill.configuration import ConfigError
+from pretrain_distill.core.errors import ConfigError
 from pretrain_distill.models.families import encoder_layers
 
 

@@ -26,25 +26,28 @@ import logging
 import random
 import shutil
 import time
+from argparse import Namespace
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pretrain_distill.config import RunConfig
-from pretrain_distill.configuration import save_config
+from pretrain_distill.core.checkpoint_trust import read_metadata
+from pretrain_distill.core.config_loading import save_config
+from pretrain_distill.core.distributed import DistEnv, barrier
+from pretrain_distill.core.seeds import derive_seed
 from pretrain_distill.engine.checkpoint import (
     CheckpointStore,
-    read_metadata,
     restricted_torch_load,
     rng_state,
     set_rng_state,
 )
-from pretrain_distill.engine.distributed import DistEnv, barrier
+from pretrain_distill.run_config import RunConfig
 
 log = logging.getLogger(__name__)
 LOADER_FILE = "loader.json"
@@ -74,8 +77,6 @@ def save_rng(path: Path) -> None:
 
 def load_rng(path: Path) -> None:
     """Restore the RNG states :func:`save_rng` wrote."""
-    from safetensors import safe_open
-
     with safe_open(str(path), "pt") as handle:
         data = json.loads(handle.metadata()["rng"])
     set_rng_state(load_file(str(path)), data)
@@ -83,7 +84,7 @@ def load_rng(path: Path) -> None:
 
 def fresh_rng(seed: int, step: int, rank: int) -> None:
     """Seed every global RNG from ``(seed, step, rank)`` (a rank whose saved stream does not apply)."""
-    value = int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+    value = derive_seed(seed, step, rank)
     random.seed(value)
     np.random.seed(value)
     torch.manual_seed(value)
@@ -93,6 +94,7 @@ def student_state_dict(student: nn.Module, zero_stage: int) -> dict[str, torch.T
     """The student's full weights in fp32 on CPU (gathered from all ranks under ZeRO-3)."""
     params = list(student.parameters())
     if zero_stage == 3:
+        # deepspeed is heavy to import; a ZeRO-3 run has loaded it already.
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
@@ -156,8 +158,7 @@ def deepspeed_source(
         return checkpoint
     target = run_dir / "universal" / checkpoint.name
     if dist_env.is_main:
-        from argparse import Namespace
-
+        # deepspeed is heavy to import; only an elastic ZeRO resume converts checkpoints.
         from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
         shutil.rmtree(target, ignore_errors=True)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pretrain_distill.config import RunConfig
+from pretrain_distill.models.students import encoder_parameter_count, spec_of
+from pretrain_distill.run_config import RunConfig
 
 
 def startup_summary(
@@ -21,8 +22,6 @@ def startup_summary(
 ) -> str:
     """Teacher, student and its parameter count, objective, mapping, global batch, steps, tokens, output,
     and the settings a resumed run changed."""
-    from pretrain_distill.models.students import encoder_parameter_count, spec_of
-
     global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum * world_size
     totals = manifest.get("totals", {})
     per_sequence = totals.get("tokens", 0) / max(totals.get("sequences", 0), 1)

@@ -15,14 +15,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoTokenizer
 
-from pretrain_distill.config import RunConfig
-from pretrain_distill.configuration import ConfigError, save_config
-from pretrain_distill.engine.checkpoint import CheckpointError, CheckpointStore, set_aside, verify_checkpoint
-from pretrain_distill.engine.distributed import (
+from pretrain_distill.core.assets import resolve_model_path
+from pretrain_distill.core.config_loading import save_config, to_dict
+from pretrain_distill.core.distributed import (
     DistEnv,
     all_reduce_sum,
     any_rank,
@@ -32,14 +31,23 @@ from pretrain_distill.engine.distributed import (
     launcher_env_scope,
     resolve_device,
 )
-from pretrain_distill.engine.ds_config import build_deepspeed_config
-from pretrain_distill.engine.logging import MetricsLogger
-from pretrain_distill.engine.resume_config import check_resume_config
-from pretrain_distill.engine.schedule import build_lr_scheduler
+from pretrain_distill.core.errors import ConfigError
+from pretrain_distill.core.lr_schedule import build_lr_scheduler
+from pretrain_distill.core.metrics_log import MetricsLogger
+from pretrain_distill.core.seeds import derive_seed
+from pretrain_distill.data import DynamicMasker, build_dataloader
+from pretrain_distill.data.manifest import check_tokenizer, load_manifest
+from pretrain_distill.engine.checkpoint import CheckpointStore, set_aside
+from pretrain_distill.engine.deepspeed_config import build_deepspeed_config
+from pretrain_distill.engine.evaluate import evaluate, load_validation_batches, validation_dir
+from pretrain_distill.engine.resume import check_resume_config, resolve_resume
 from pretrain_distill.engine.signals import PreemptionFlag
 from pretrain_distill.engine.speed import compile_layers
 from pretrain_distill.engine.state import TrainState, deepspeed_source, load_checkpoint, save_checkpoint
 from pretrain_distill.engine.summary import trainer_summary
+from pretrain_distill.models import build_student_from_config, build_teacher
+from pretrain_distill.objectives import Distiller
+from pretrain_distill.run_config import RunConfig
 
 
 class Preempted(RuntimeError):
@@ -58,7 +66,7 @@ class NonFiniteLossError(RuntimeError):
 
 def mask_seed(seed: int, micro_step: int, rank: int) -> int:
     """Seed of the MLM masking generator for one micro-batch: a function of (seed, micro_step, rank) only."""
-    return int(np.random.SeedSequence([seed, micro_step, rank]).generate_state(1)[0])
+    return derive_seed(seed, micro_step, rank)
 
 
 def resolve_init_from(path: str) -> str:
@@ -80,47 +88,6 @@ def resolve_init_from(path: str) -> str:
         f"student.init_from: {path} is neither a model directory, a checkpoint, nor a run directory with an "
         "export or a complete checkpoint"
     )
-
-
-def resolve_resume(resume: str, store: CheckpointStore) -> Path | None:
-    """``train.resume``: ``auto`` = newest verified checkpoint (or none), ``none`` (refused where
-    checkpoints exist), ``overwrite`` (start over; the caller moves the old run aside), or a path."""
-    if resume == "overwrite":
-        return None
-    if resume == "none":
-        if store.complete():
-            raise ConfigError(
-                f"train.output_dir={store.root.parent} holds checkpoints of a run (newest "
-                f"{store.complete()[-1][1].name}): continue it with train.resume=auto, or start over with "
-                "train.resume=overwrite (moves the old run aside)"
-            )
-        return None
-    if resume == "auto":
-        return store.latest_verified()
-    path = Path(resume)
-    if not (path / "COMPLETE").is_file():
-        raise ConfigError(f"train.resume: {resume} is not a complete checkpoint directory")
-    try:
-        verify_checkpoint(path)
-    except CheckpointError as err:
-        raise ConfigError(f"train.resume: {err}") from None
-    return path
-
-
-def check_tokenizer(manifest: dict[str, Any], tokenizer: Any) -> None:
-    """The shards must have been tokenized with the run's tokenizer (same vocabulary size and special ids)."""
-    shard_tok = manifest["tokenizer"]
-    ours = {
-        "vocab_size": len(tokenizer),
-        **{f"{role}_id": getattr(tokenizer, f"{role}_token_id") for role in ("cls", "sep", "pad", "mask")},
-    }
-    diff = {k: (shard_tok.get(k), v) for k, v in ours.items() if shard_tok.get(k) != v}
-    if diff:
-        detail = ", ".join(f"{k}: shards {a}, run {b}" for k, (a, b) in diff.items())
-        raise ConfigError(
-            f"data.shards were prepared with tokenizer {shard_tok.get('name')!r}, which differs from the run's "
-            f"({detail}): prepare the shards with the teacher's tokenizer or set teacher.tokenizer"
-        )
 
 
 def total_steps(cfg: RunConfig, batches_per_epoch: int) -> int:
@@ -190,21 +157,33 @@ class _Interval:
         self.start = time.perf_counter()
 
 
+class _Marks:
+    """The last steps that were logged, validated and saved (and the checkpoint saved last)."""
+
+    def __init__(self, step: int, resumed_from: Path | None) -> None:
+        self.logged = self.evaluated = step
+        self.saved = step if resumed_from is not None else -1
+        self.saved_path = resumed_from
+
+
 class Trainer:
     """One distillation run; :func:`train` is the entry point."""
 
     def __init__(self, cfg: RunConfig) -> None:
-        from pretrain_distill.data import DynamicMasker, build_dataloader, load_manifest
-        from pretrain_distill.models import build_student_from_config, build_teacher
-        from pretrain_distill.objectives import Distiller
-
         self.cfg = cfg
         self.dist: DistEnv = detect_env()
         self.device = resolve_device(cfg.train.device, self.dist.local_rank)
         ds_config = build_deepspeed_config(cfg.train, self.dist.world_size, self.device)
         init_distributed(self.dist, self.device)
-        import deepspeed
+        self._find_checkpoint(ds_config)
+        self._load_inputs()  # cheap, and where the usual mistakes are: before the models
+        self._build_distiller()
+        self._build_engine(ds_config)
+        self._start_or_resume()
 
+    def _find_checkpoint(self, ds_config: dict[str, Any]) -> None:
+        """The checkpoint this run continues (``train.resume``), checked to belong to the same run."""
+        cfg = self.cfg
         self.run_dir = Path(cfg.train.output_dir)
         self.store = CheckpointStore(self.run_dir / "checkpoints", cfg.train.keep_last)
         self.resume_from = resolve_resume(cfg.train.resume, self.store)
@@ -213,16 +192,24 @@ class Trainer:
         )
         self.resume_source = deepspeed_source(self.resume_from, ds_config, self.dist, self.run_dir)
 
-        # Inputs first (cheap, and the usual mistakes): init_from, tokenizer, shards.
-        student_cfg = replace(cfg.student, init_from=resolve_init_from(cfg.student.init_from))
-        self.tokenizer = _load_tokenizer(cfg)
+    def _load_inputs(self) -> None:
+        """Tokenizer, training stream (checked against the tokenizer), masker and validation batches."""
+        cfg = self.cfg
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            resolve_model_path(cfg.teacher.tokenizer or cfg.teacher.path)
+        )
         self.loader = build_dataloader(
             cfg.data, cfg.train.micro_batch_size, self.dist.rank, self.dist.world_size, cfg.train.seed
         )
-        check_tokenizer(load_manifest(cfg.data.shards), self.tokenizer)
+        manifest = load_manifest(cfg.data.shards)
+        check_tokenizer(manifest, self.tokenizer)
         self.masker = DynamicMasker(self.tokenizer, probability=cfg.data.mlm_probability)
-        self.validation = _validation_batches(cfg, self.dist, load_manifest(cfg.data.shards))
+        self.validation = _validation_batches(cfg, self.dist, manifest)
 
+    def _build_distiller(self) -> None:
+        """Teacher, student (``student.init_from`` resolved first) and the Distiller, the same on every rank."""
+        cfg = self.cfg
+        student_cfg = replace(cfg.student, init_from=resolve_init_from(cfg.student.init_from))
         torch.manual_seed(cfg.train.seed)  # identical student init and maps on every rank
         needs_teacher_head = cfg.objective.weights.get("od", 0) > 0
         teacher = build_teacher(cfg.teacher, self.device, needs_mlm_head=needs_teacher_head)
@@ -231,6 +218,12 @@ class Trainer:
         compile_layers(self.distiller, cfg.train.compile)
         self.total_steps = total_steps(cfg, len(self.loader))
 
+    def _build_engine(self, ds_config: dict[str, Any]) -> None:
+        """AdamW (fused), the LR schedule and the DeepSpeed engine around the Distiller."""
+        # deepspeed is heavy (seconds to import, op checks): loaded once the inputs are known to be good.
+        import deepspeed
+
+        cfg = self.cfg
         optimizer = torch.optim.AdamW(
             _param_groups(self.distiller, cfg.train.weight_decay),
             lr=cfg.train.lr,
@@ -254,6 +247,9 @@ class Trainer:
         )
         self.grad_norm: torch.Tensor | None = None
 
+    def _start_or_resume(self) -> None:
+        """Restore the checkpoint's state, or start the run directory (config, tokenizer) on rank 0."""
+        cfg = self.cfg
         self.state = TrainState()
         if self.resume_from is not None:
             self.state = load_checkpoint(
@@ -405,8 +401,14 @@ class Trainer:
         agreed over ranks at every optimizer step on the host (:func:`any_rank`); once set (on any rank),
         the step is finished, a checkpoint saved and :class:`Preempted` raised.
         """
-        cfg = self.cfg.train
-        logger = MetricsLogger(self.run_dir, enabled=self.dist.is_main, resume_step=self.state.step)
+        logger = MetricsLogger(
+            self.run_dir / "logs",
+            enabled=self.dist.is_main,
+            resume_step=self.state.step,
+            report_to=self.cfg.train.report_to,
+            run_name=self.run_dir.name,
+            config=to_dict(self.cfg),
+        )
         progress = tqdm(
             total=self.total_steps,
             initial=self.state.step,
@@ -419,47 +421,18 @@ class Trainer:
         interval = _Interval()
         batches = self._batches()
         self.engine.train()
-        saved_step = self.state.step if self.resume_from is not None else -1
-        saved_path = self.resume_from
-        logged_step = evaluated_step = self.state.step
+        marks = _Marks(self.state.step, self.resume_from)
         try:
             while self.state.step < self.total_steps:
                 self.distiller.set_step(self.state.step)
                 lr = self.optimizer.param_groups[0]["lr"]
                 self._train_step(batches, interval)
                 stop = any_rank(preemption.requested)
-                step = self.state.step
-                if (
-                    stop
-                    or step % cfg.log_every == 0
-                    or step % cfg.save_every == 0
-                    or step == self.total_steps
-                    or (self.validation and step % cfg.eval_every == 0)
-                ):
-                    self._settle(interval)  # may wind the step back over skipped (non-finite) steps
-                    step = self.state.step
-                progress.update(step - progress.n)
-                if step > logged_step and (step % cfg.log_every == 0 or step == self.total_steps):
-                    metrics = self._log(interval, lr, self._global_grad_norm(), logger)
-                    progress.set_postfix(
-                        loss=f"{metrics['loss']:.4g}", tok_s=f"{metrics['tokens_per_s']:.3g}"
-                    )
-                    interval.reset()
-                    logged_step = step
-                if self.validation and step > evaluated_step and step % cfg.eval_every == 0:
-                    eval_start = time.perf_counter()
-                    logger.log(step, self.validate())
-                    evaluated_step = step
-                    interval.start += time.perf_counter() - eval_start  # tokens/s counts training only
-                due = step % cfg.save_every == 0 or step == self.total_steps
-                if step > saved_step and (stop or due):
-                    save_start = time.perf_counter()
-                    saved_path = self.save()
-                    saved_step = step
-                    interval.start += time.perf_counter() - save_start  # tokens/s counts training time only
+                self._after_step(stop, lr, interval, marks, logger, progress)
                 if stop:
-                    raise Preempted(preemption.received.name if preemption.received else "stop", saved_path)
-            if saved_step != self.state.step:  # resumed at the end, or total_steps not a save step
+                    name = preemption.received.name if preemption.received else "stop"
+                    raise Preempted(name, marks.saved_path)
+            if marks.saved != self.state.step:  # resumed at the end, or total_steps not a save step
                 self.save()
         finally:
             progress.close()
@@ -467,10 +440,38 @@ class Trainer:
         barrier()
         return self.run_dir
 
+    def _after_step(
+        self, stop: bool, lr: float, interval: _Interval, marks: _Marks, logger: MetricsLogger, progress: Any
+    ) -> None:
+        """What is due after an optimizer step: read the steps since the last boundary, log, validate,
+        checkpoint (always when ``stop``). Time spent validating and saving is not training time."""
+        cfg = self.cfg.train
+        step = self.state.step
+        due_log = step % cfg.log_every == 0 or step == self.total_steps
+        due_save = step % cfg.save_every == 0 or step == self.total_steps
+        due_eval = bool(self.validation) and step % cfg.eval_every == 0
+        if stop or due_log or due_save or due_eval:
+            self._settle(interval)  # may wind the step back over skipped (non-finite) steps
+            step = self.state.step
+        progress.update(step - progress.n)
+        if step > marks.logged and (step % cfg.log_every == 0 or step == self.total_steps):
+            metrics = self._log(interval, lr, self._global_grad_norm(), logger)
+            progress.set_postfix(loss=f"{metrics['loss']:.4g}", tok_s=f"{metrics['tokens_per_s']:.3g}")
+            interval.reset()
+            marks.logged = step
+        if self.validation and step > marks.evaluated and step % cfg.eval_every == 0:
+            eval_start = time.perf_counter()
+            logger.log(step, self.validate())
+            marks.evaluated = step
+            interval.start += time.perf_counter() - eval_start  # tokens/s counts training only
+        if step > marks.saved and (stop or step % cfg.save_every == 0 or step == self.total_steps):
+            save_start = time.perf_counter()
+            marks.saved_path = self.save()
+            marks.saved = step
+            interval.start += time.perf_counter() - save_start  # tokens/s counts training time only
+
     def validate(self) -> dict[str, float]:
         """``val_*`` losses on the held-out batches (all ranks take part; see engine/evaluate.py)."""
-        from pretrain_distill.engine.evaluate import evaluate
-
         return evaluate(
             self.distiller,
             self.validation,
@@ -492,8 +493,6 @@ class Trainer:
 
 def _validation_batches(cfg: RunConfig, dist: DistEnv, manifest: dict[str, Any]) -> list:
     """This rank's validation batches; empty when ``train.eval_every`` is 0 or there are no held-out shards."""
-    from pretrain_distill.engine.evaluate import load_validation_batches, validation_dir
-
     path = validation_dir(cfg.data)
     if not cfg.train.eval_every or path is None:
         return []
@@ -506,14 +505,6 @@ def _validation_batches(cfg: RunConfig, dist: DistEnv, manifest: dict[str, Any])
         cfg.train.seed,
         expect_tokenizer=manifest["tokenizer"]["sha256"],
     )
-
-
-def _load_tokenizer(cfg: RunConfig):
-    from transformers import AutoTokenizer
-
-    from pretrain_distill.assets import resolve_model_path
-
-    return AutoTokenizer.from_pretrained(resolve_model_path(cfg.teacher.tokenizer or cfg.teacher.path))
 
 
 def train(cfg: RunConfig, on_end: Callable[[Path], object] | None = None) -> Path:

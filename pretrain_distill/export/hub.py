@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from huggingface_hub import HfApi
+
 
 def push_to_hub(folder: Path, repo_id: str, private: bool = False, message: str | None = None) -> str:
     """Create ``repo_id`` (if needed) and upload ``folder`` as one commit; returns the commit URL.
 
     Authentication is huggingface_hub's own (``HF_TOKEN`` or ``hf auth login``).
     """
-    from huggingface_hub import HfApi
-
     api = HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True)
     info = api.upload_folder(

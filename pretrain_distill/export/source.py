@@ -9,7 +9,8 @@ from typing import Any
 
 import yaml
 
-from pretrain_distill.engine.checkpoint import COMPLETE, CheckpointStore, verify_checkpoint
+from pretrain_distill.core.checkpoint_trust import COMPLETE, verify_checkpoint
+from pretrain_distill.engine.checkpoint import CheckpointStore
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,17 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModel, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
 
-from pretrain_distill.config import StudentConfig
 from pretrain_distill.models.families import (
     base_model,
     detect_family,
     encoder_layers,
     family_for_model_type,
 )
+from pretrain_distill.run_config import StudentConfig
 
 
 @dataclass(frozen=True)
@@ -198,8 +199,6 @@ def _load_init_from(path: Path, spec: StudentSpec, teacher: PreTrainedModel) -> 
         return student
     if path.is_file():
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoModelForMaskedLM, PreTrainedModel
 
-from pretrain_distill.config import TeacherConfig
+from pretrain_distill.core.assets import resolve_model_path
 from pretrain_distill.models.families import base_model, encoder_layers, set_encoder_layers
+from pretrain_distill.run_config import TeacherConfig
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -64,8 +65,6 @@ def build_teacher(
     weights (:class:`MissingMLMHeadError` otherwise, e.g. for all-MiniLM-L6-v2); without, as the bare
     ``AutoModel`` with the pooler dropped (no loss reads it).
     """
-    from pretrain_distill.assets import resolve_model_path
-
     path = resolve_model_path(teacher_cfg.path)
     dtype = dtype or teacher_dtype(teacher_cfg.dtype, device)
     factory = AutoModelForMaskedLM if needs_mlm_head else AutoModel

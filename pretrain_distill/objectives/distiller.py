@@ -1,6 +1,6 @@
 """The ``Distiller``: student + learned maps + taps on a frozen teacher -> named losses and their total.
 
-From an :class:`~pretrain_distill.config.ObjectiveConfig` it works out what every loss term reads
+From an :class:`~pretrain_distill.run_config.ObjectiveConfig` it works out what every loss term reads
 (hidden states of mapped layers, Q/K/V of one layer, MLM logits), puts :class:`~pretrain_distill.models.Tap`
 hooks on exactly those, truncates the teacher to the deepest layer read, and on each batch runs
 
@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from pretrain_distill.config import ObjectiveConfig
+from pretrain_distill.core.seeds import torch_generator
 from pretrain_distill.models import (
     MissingMLMHeadError,
     StudentSpec,
@@ -47,6 +46,7 @@ from pretrain_distill.objectives.losses import (
 )
 from pretrain_distill.objectives.mappings import LayerMapping, layer_mapping, reachable_mapping
 from pretrain_distill.objectives.relations import minilmv2_loss
+from pretrain_distill.run_config import ObjectiveConfig
 
 TERMS: tuple[str, ...] = ("hs", "od", "minilmv2", "direct_minilm", "cosine", "mlm")
 _LOGIT_TERMS = ("od", "mlm")
@@ -218,8 +218,7 @@ class Distiller(nn.Module):
     def _draw(self, counter: int) -> LayerMapping:
         generator = None
         if self._random:
-            seed = int(np.random.SeedSequence([self.cfg.mapping_seed, counter]).generate_state(1)[0])
-            generator = torch.Generator().manual_seed(seed)
+            generator = torch_generator(self.cfg.mapping_seed, counter)
         return layer_mapping(
             self.cfg.mapping, self.num_teacher_layers, self.num_student_layers, generator=generator
         )

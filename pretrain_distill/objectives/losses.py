@@ -50,6 +50,9 @@ def _valid_mask(attention_mask: Tensor | None, batch: int, length: int, device: 
     return attention_mask.to(device=device) != 0
 
 
+MASK_VALUE = -1e30  # a masked score: finite, so fully padded rows stay NaN-free (they get weight 0 anyway)
+
+
 def upcast(x: Tensor) -> Tensor:
     """``x`` in its compute dtype: float32 for half / bfloat16 / float32 inputs, float64 kept as is."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
@@ -147,6 +150,21 @@ class HiddenStateProjections(nn.Module):
         return self[pair](student_state)
 
 
+def _pair_projection(projections: Projections | None, i: int, j: int, d_s: int, d_t: int):
+    """The map ``W_i^j`` of a mapped pair, or None (identity) when there are no projections."""
+    if projections is None:
+        if d_s != d_t:
+            raise ValueError(
+                f"hidden_state_loss: widths differ (student {d_s}, teacher {d_t}) and no projections were given"
+            )
+        return None
+    try:
+        # nn.ModuleDict keys must be strings: there the pair is looked up as f"{i}_{j}"
+        return projections[projection_key(i, j) if isinstance(projections, nn.ModuleDict) else (i, j)]
+    except KeyError:
+        raise KeyError(f"hidden_state_loss: no projection for pair (student {i}, teacher {j})") from None
+
+
 def hidden_state_loss(
     student_states: States,
     teacher_states: States,
@@ -178,22 +196,7 @@ def hidden_state_loss(
         _check_same_tokens(hs, ht, f"hidden_state_loss pair (student {i}, teacher {j})")
         if sel is None:
             sel = _valid_mask(attention_mask, hs.shape[0], hs.shape[1], hs.device)
-        if projections is None:
-            if hs.shape[-1] != ht.shape[-1]:
-                raise ValueError(
-                    f"hidden_state_loss: widths differ (student {hs.shape[-1]}, teacher {ht.shape[-1]}) "
-                    f"and no projections were given"
-                )
-            proj = None
-        else:
-            try:
-                # nn.ModuleDict keys must be strings: there the pair is looked up as f"{i}_{j}"
-                key = projection_key(i, j) if isinstance(projections, nn.ModuleDict) else (i, j)
-                proj = projections[key]
-            except KeyError:
-                raise KeyError(
-                    f"hidden_state_loss: no projection for pair (student {i}, teacher {j})"
-                ) from None
+        proj = _pair_projection(projections, i, j, hs.shape[-1], ht.shape[-1])
         hs_valid = hs[sel]  # [N, d_S], padding dropped before the projection
         pred = hs_valid if proj is None else proj(hs_valid)
         target = ht[sel.to(ht.device)].to(pred.device)

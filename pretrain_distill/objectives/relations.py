@@ -32,12 +32,10 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from pretrain_distill.objectives.losses import upcast
+from pretrain_distill.objectives.losses import MASK_VALUE, upcast
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
 """Default budget: a chunk holds at most this many relation entries (``slices * T * T``; 64 MiB fp32)."""
-
-_MASK_VALUE = -1e30  # finite: fully padded rows stay NaN-free (they get weight 0 anyway)
 
 
 def _split_heads(x: Tensor, b0: int, b1: int, h0: int, h1: int, num_heads: int, dtype: torch.dtype) -> Tensor:
@@ -52,7 +50,7 @@ def _log_relations(heads: Tensor, key_valid: Tensor) -> Tensor:
     """``log_softmax(A A^T / sqrt(d_r))`` over the valid keys, float32 ``[b, h, T, T]`` (eqs. 8-9)."""
     scale = 1.0 / math.sqrt(heads.shape[-1])
     scores = torch.matmul(heads, heads.transpose(-1, -2)).mul_(scale)
-    scores.masked_fill_(~key_valid[:, None, None, :], _MASK_VALUE)
+    scores.masked_fill_(~key_valid[:, None, None, :], MASK_VALUE)
     return torch.log_softmax(scores, dim=-1)
 
 
@@ -222,6 +220,7 @@ def minilmv2_loss(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if _resolve_backend(backend, student_qkv[0]) == "fused":
+        # triton is an optional, heavy dependency (CUDA wheels bring it): loaded when the kernels run.
         from pretrain_distill.objectives.relations_triton import FusedRelationKL
 
         def relation_kl(s: Tensor, t: Tensor) -> Tensor:
@@ -236,31 +235,4 @@ def minilmv2_loss(
         term = relation_kl(s, t.detach().to(device))
         total = term if total is None else total + term
     assert total is not None
-    return total
-
-
-def minilmv2_loss_autograd(
-    student_qkv: Sequence[Tensor],
-    teacher_qkv: Sequence[Tensor],
-    attention_mask: Tensor | None,
-    num_relation_heads: int,
-) -> Tensor:
-    """Same value as :func:`minilmv2_loss`, written the straightforward way: materialises all
-    ``B * A_r * T^2`` float32 relations per alpha and lets autograd keep them. For tests and the memory
-    benchmark (the "naive" baseline); do not train with it at large B * A_r * T^2."""
-    B, T = _check_inputs(student_qkv, teacher_qkv, num_relation_heads)
-    device = student_qkv[0].device
-    dtype = upcast(student_qkv[0][:0]).dtype
-    valid, weight = _row_weights(attention_mask, B, T, num_relation_heads, device, dtype)
-    total = torch.zeros((), dtype=dtype, device=device)
-    for s, t in zip(student_qkv, teacher_qkv):
-        xs = upcast(s.reshape(B, T, num_relation_heads, -1).transpose(1, 2))
-        xt = upcast(t.detach().reshape(B, T, num_relation_heads, -1).transpose(1, 2)).to(dtype)
-        mask = ~valid[:, None, None, :]
-        ss = (xs @ xs.transpose(-1, -2) / math.sqrt(xs.shape[-1])).masked_fill(mask, _MASK_VALUE)
-        st = (xt @ xt.transpose(-1, -2) / math.sqrt(xt.shape[-1])).masked_fill(mask, _MASK_VALUE)
-        log_s = torch.log_softmax(ss, dim=-1)
-        log_t = torch.log_softmax(st, dim=-1)
-        kl = (log_t.exp() * (log_t - log_s)).masked_fill(mask, 0.0).sum(-1)  # [B, A_r, T]
-        total = total + (kl * weight[:, None, :]).sum()
     return total

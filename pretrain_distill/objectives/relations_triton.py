@@ -27,9 +27,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from pretrain_distill.objectives import relations
+from pretrain_distill.objectives.losses import MASK_VALUE
 
-_MASK_VALUE = tl.constexpr(relations._MASK_VALUE)  # finite: rows without any valid key stay NaN-free
+_MASK_VALUE = tl.constexpr(MASK_VALUE)  # finite: rows without any valid key stay NaN-free
 
 
 @triton.jit

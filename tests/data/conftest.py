@@ -37,7 +37,7 @@ def write_cc100(directory: Path, docs_per_language: dict[str, int]) -> dict[str,
 @pytest.fixture(scope="session")
 def small_wiki_dump(tmp_path_factory) -> Path:
     """10 real articles (under 40k characters) + 3 redirects of gensim's English Wikipedia dump."""
-    from pretrain_distill.assets import wikipedia_dump_path
+    from pretrain_distill.core.assets import wikipedia_dump_path
 
     text = bz2.open(wikipedia_dump_path(), "rt", encoding="utf-8").read()
     pages = re.findall(r"<page>.*?</page>", text, flags=re.DOTALL)

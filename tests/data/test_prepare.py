@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from pretrain_distill.cli import main as cli_main
-from pretrain_distill.config import DataConfig
 from pretrain_distill.data import prepare as prepare_module
 from pretrain_distill.data.errors import DataError
-from pretrain_distill.data.prepare import load_manifest, prepare_shards
+from pretrain_distill.data.manifest import load_manifest
+from pretrain_distill.data.prepare import prepare_shards
 from pretrain_distill.data.shards import read_rows
 from pretrain_distill.data.stream import build_dataloader
+from pretrain_distill.run_config import DataConfig
 
 from .conftest import write_cc100
 

@@ -17,12 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from pretrain_distill.cli import main as cli_main
-from pretrain_distill.config import DataConfig
 from pretrain_distill.data.errors import DataError
 from pretrain_distill.data.prepare import available_cpus, prepare_shards
 from pretrain_distill.data.sources import iter_documents, parse_source, plan_units
 from pretrain_distill.data.stream import build_dataloader
 from pretrain_distill.data.wikipedia import read_wikipedia_dump
+from pretrain_distill.run_config import DataConfig
 
 from .conftest import write_cc100
 from .test_prepare import all_rows

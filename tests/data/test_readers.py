@@ -22,7 +22,7 @@ from .conftest import write_cc100
 
 @pytest.mark.integration
 def test_wikipedia_dump_articles_streamed_and_clean():
-    from pretrain_distill.assets import wikipedia_dump_path
+    from pretrain_distill.core.assets import wikipedia_dump_path
 
     raw = list(read_wikipedia_dump(wikipedia_dump_path(), clean=False))
     assert len(raw) == 106  # the dump's 206 pages hold 106 articles; redirects and other namespaces go

@@ -10,10 +10,10 @@ from collections import Counter
 import pytest
 import torch
 
-from pretrain_distill.config import DataConfig
 from pretrain_distill.data import plan
 from pretrain_distill.data.errors import DataError
 from pretrain_distill.data.stream import ShardLoader, ShardStream, build_dataloader, collate
+from pretrain_distill.run_config import DataConfig
 
 from .conftest import row_uid
 
@@ -293,7 +293,7 @@ def test_breaking_out_and_iterating_again_continues(make_shards):
 
 
 def test_shipped_data_configs():
-    from pretrain_distill.config import load_run_config
+    from pretrain_distill.run_config import load_run_config
 
     xlmr = load_run_config(["data/cc100_xlmr_sampling"]).data
     assert xlmr.language_alpha == 0.3 and xlmr.shards == "runs/shards/cc100"

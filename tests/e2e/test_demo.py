@@ -72,7 +72,7 @@ def test_demo_od_without_a_first_stage_fails_before_any_work(tmp_path, capsys):
 
 
 def test_demo_distill_config_composes_student_objective_and_overrides(tmp_path):
-    from pretrain_distill.demo import PROFILES, distill_config
+    from pretrain_distill.commands.demo import PROFILES, distill_config
 
     cfg = distill_config(
         tmp_path / "run",
@@ -96,7 +96,7 @@ def test_demo_distill_config_composes_student_objective_and_overrides(tmp_path):
 @pytest.mark.parametrize("name", ["tiny", "cpu", "gpu"])
 def test_every_profile_builds_its_default_run(name, tmp_path):
     """Each profile's default student composes with the default objective on its device."""
-    from pretrain_distill.demo import PROFILES, distill_config
+    from pretrain_distill.commands.demo import PROFILES, distill_config
 
     profile = PROFILES[name]
     device = "cuda" if name == "gpu" else "cpu"

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pretrain_distill.config import RunConfig, load_run_config
+from pretrain_distill.run_config import RunConfig, load_run_config
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -17,7 +17,7 @@ PYTHON = sys.executable
 # as <output_dir>/weights_rank<r>.pt.
 TRAIN_AND_DUMP_WEIGHTS = """
 import json, sys, torch
-from pretrain_distill.config import load_run_config
+from pretrain_distill.run_config import load_run_config
 from pretrain_distill.engine.signals import PreemptionFlag
 from pretrain_distill.engine.trainer import Trainer
 cfg = load_run_config(overrides=json.loads(sys.argv[1]))

@@ -9,16 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from pretrain_distill.core.checkpoint_trust import COMPLETE, CheckpointError, read_metadata, verify_checkpoint
 from pretrain_distill.engine.checkpoint import (
-    COMPLETE,
-    CheckpointError,
     CheckpointStore,
-    read_metadata,
     restricted_torch_load,
     rng_state,
     set_aside,
     set_rng_state,
-    verify_checkpoint,
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pretrain_distill.engine.distributed import detect_env, first_slurm_host, resolve_device
+from pretrain_distill.core.distributed import detect_env, first_slurm_host, resolve_device
 
 
 def test_torchrun_variables_win():
@@ -76,7 +76,7 @@ def test_resolve_device():
 def test_launcher_env_scope_restores_the_variables(monkeypatch):
     import os
 
-    from pretrain_distill.engine.distributed import init_distributed, launcher_env_scope
+    from pretrain_distill.core.distributed import init_distributed, launcher_env_scope
 
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("MASTER_PORT", raising=False)

@@ -8,9 +8,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pretrain_distill.config import TrainConfig
-from pretrain_distill.configuration import CONFIG_ROOT, ConfigError
-from pretrain_distill.engine.ds_config import build_deepspeed_config
+from pretrain_distill.core.config_loading import CONFIG_ROOT
+from pretrain_distill.core.errors import ConfigError
+from pretrain_distill.engine.deepspeed_config import build_deepspeed_config
+from pretrain_distill.run_config import TrainConfig
 
 CPU = torch.device("cpu")
 GPU = torch.device("cuda", 0)
@@ -87,7 +88,7 @@ def test_missing_or_broken_json(tmp_path):
 
 @pytest.mark.parametrize("path", sorted((CONFIG_ROOT / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
 def test_experiment_configs_validate_and_merge(path):
-    from pretrain_distill.config import load_run_config
+    from pretrain_distill.run_config import load_run_config
 
     cfg = load_run_config([str(path)])
     ds = build_deepspeed_config(cfg.train, world_size=8, device=GPU)

@@ -19,16 +19,17 @@ import pytest
 import torch
 from engine_helpers import REPO, free_port, subprocess_env, tiny_overrides
 
+from pretrain_distill.core.checkpoint_trust import read_metadata
 from pretrain_distill.data.stream import ShardLoader, ShardStream
-from pretrain_distill.engine.checkpoint import CheckpointStore, read_metadata
+from pretrain_distill.engine.checkpoint import CheckpointStore
 
 pytestmark = pytest.mark.slow
 
 CHILD = """
 import hashlib, json, os, signal, sys, torch
-from pretrain_distill.config import load_run_config
+from pretrain_distill.run_config import load_run_config
 from pretrain_distill.data.stream import ShardLoader
-from pretrain_distill.engine.logging import MetricsLogger
+from pretrain_distill.core.metrics_log import MetricsLogger
 from pretrain_distill.engine.signals import PreemptionFlag
 from pretrain_distill.engine.trainer import Preempted, Trainer
 overrides, stop_at, tag = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]

@@ -27,10 +27,11 @@ from engine_helpers import PYTHON, REPO, subprocess_env, tiny_config, tiny_overr
 from safetensors.torch import load_file
 
 from pretrain_distill import cli
-from pretrain_distill.configuration import ConfigError
+from pretrain_distill.core.checkpoint_trust import CheckpointError, read_metadata
+from pretrain_distill.core.errors import ConfigError
+from pretrain_distill.core.metrics_log import read_metrics
 from pretrain_distill.engine import train
-from pretrain_distill.engine.checkpoint import CheckpointError, CheckpointStore, read_metadata
-from pretrain_distill.engine.logging import read_metrics
+from pretrain_distill.engine.checkpoint import CheckpointStore
 from pretrain_distill.engine.signals import EXIT_PREEMPTED
 from pretrain_distill.export import export_run
 
@@ -46,7 +47,8 @@ STEPS = 8
 CHILD = """
 import json, os, signal, sys
 from pretrain_distill import cli
-from pretrain_distill.engine import checkpoint, logging as metrics_logging, state
+from pretrain_distill.core import metrics_log as metrics_logging
+from pretrain_distill.engine import checkpoint, state
 fault = json.loads(sys.argv[2])
 def trip(where, step):
     if where == fault["at"] and step == fault["step"]:
@@ -236,7 +238,7 @@ def test_damaged_newest_checkpoint_is_skipped_with_a_warning(
 def _first_shard(shards: Path) -> str:
     """The shard the first batch of epoch 0 comes from (for 0 workers and for worker 0 of 2)."""
     from pretrain_distill.data import plan
-    from pretrain_distill.data.prepare import load_manifest
+    from pretrain_distill.data.manifest import load_manifest
 
     manifest = load_manifest(shards)
     entries = [(s["language"], s["sequences"]) for s in manifest["shards"]]

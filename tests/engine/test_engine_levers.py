@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pretrain_distill.config import ObjectiveConfig, TeacherConfig
-from pretrain_distill.configuration import ConfigError
+from pretrain_distill.core.errors import ConfigError
 from pretrain_distill.engine.speed import compile_layers
 from pretrain_distill.models import StudentSpec, build_student, build_teacher
 from pretrain_distill.objectives import Distiller
+from pretrain_distill.run_config import ObjectiveConfig, TeacherConfig
 
 BF16_RTOL = 2**-7  # bf16 keeps 8 significant bits: one rounding of the inputs moves a value by <= 2^-8
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pretrain_distill.engine.logging import MetricsLogger, read_metrics
+from pretrain_distill.core.metrics_log import MetricsLogger, read_metrics
 from pretrain_distill.plot import plot_run
 
 
@@ -15,7 +15,7 @@ def _records(path):
 
 
 def test_logger_writes_jsonl_and_tensorboard(tmp_path):
-    with MetricsLogger(tmp_path, enabled=True) as log:
+    with MetricsLogger(tmp_path / "logs", enabled=True) as log:
         for step in (1, 2, 3):
             log.log(step, {"loss": 1.0 / step, "loss_hs": 0.5 / step, "lr": 1e-4, "tokens_per_s": 100.0})
     records = _records(tmp_path / "logs" / "metrics.jsonl")
@@ -26,12 +26,12 @@ def test_logger_writes_jsonl_and_tensorboard(tmp_path):
 
 
 def test_resume_cuts_logs_back_to_the_checkpoint(tmp_path):
-    with MetricsLogger(tmp_path, enabled=True) as log:
+    with MetricsLogger(tmp_path / "logs", enabled=True) as log:
         for step in range(1, 6):
             log.log(step, {"loss": float(step)})
     with open(tmp_path / "logs" / "metrics.jsonl", "a") as f:
         f.write('{"step": 6, "loss"')  # torn line from a killed write
-    with MetricsLogger(tmp_path, enabled=True, resume_step=3) as log:
+    with MetricsLogger(tmp_path / "logs", enabled=True, resume_step=3) as log:
         log.log(4, {"loss": 40.0})
     assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "logs" / "metrics.jsonl")] == [
         (1, 1.0),
@@ -42,13 +42,13 @@ def test_resume_cuts_logs_back_to_the_checkpoint(tmp_path):
 
 
 def test_disabled_logger_writes_nothing(tmp_path):
-    with MetricsLogger(tmp_path, enabled=False) as log:
+    with MetricsLogger(tmp_path / "logs", enabled=False) as log:
         log.log(1, {"loss": 1.0})
     assert not (tmp_path / "logs").exists()
 
 
 def test_plot_writes_pngs(tmp_path):
-    with MetricsLogger(tmp_path, enabled=True) as log:
+    with MetricsLogger(tmp_path / "logs", enabled=True) as log:
         for step in range(1, 11):
             log.log(
                 step,

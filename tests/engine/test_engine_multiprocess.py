@@ -25,17 +25,18 @@ from engine_helpers import (
 )
 from safetensors.torch import load_file
 
-from pretrain_distill.configuration import save_config
+from pretrain_distill.core.checkpoint_trust import read_metadata
+from pretrain_distill.core.config_loading import save_config
+from pretrain_distill.core.metrics_log import read_metrics
 from pretrain_distill.engine import train
-from pretrain_distill.engine.checkpoint import CheckpointStore, read_metadata
-from pretrain_distill.engine.logging import read_metrics
+from pretrain_distill.engine.checkpoint import CheckpointStore
 
 pytestmark = pytest.mark.slow
 
 KILL_AT_STEP = """
 import json, os, signal, sys
 from pretrain_distill import cli
-from pretrain_distill.engine.logging import MetricsLogger
+from pretrain_distill.core.metrics_log import MetricsLogger
 original = MetricsLogger.log
 def log_then_die(self, step, metrics):
     original(self, step, metrics)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from pretrain_distill.config import RunConfig, TrainConfig
-from pretrain_distill.configuration import ConfigError
-from pretrain_distill.engine.checkpoint import CheckpointError, CheckpointStore
+from pretrain_distill.core.checkpoint_trust import CheckpointError
+from pretrain_distill.core.errors import ConfigError
+from pretrain_distill.engine.checkpoint import CheckpointStore
 from pretrain_distill.engine.trainer import mask_seed, resolve_init_from, resolve_resume, total_steps
+from pretrain_distill.run_config import RunConfig, TrainConfig
 
 
 def _checkpoint(run_dir, step):

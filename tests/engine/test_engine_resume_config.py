@@ -1,13 +1,14 @@
-"""Which config changes a checkpoint may be resumed with (pretrain_distill.engine.resume_config)."""
+"""Which config changes a checkpoint may be resumed with (pretrain_distill.engine.resume)."""
 
 from __future__ import annotations
 
 import pytest
 
-from pretrain_distill.config import load_run_config
-from pretrain_distill.config_changes import flatten, under
-from pretrain_distill.configuration import ConfigError, save_config, to_dict
-from pretrain_distill.engine.resume_config import RUN_IDENTITY, check_resume_config, resume_changes
+from pretrain_distill.core.config_loading import save_config, to_dict
+from pretrain_distill.core.errors import ConfigError
+from pretrain_distill.core.run_identity import flatten, under
+from pretrain_distill.engine.resume import check_resume_config, run_changes
+from pretrain_distill.run_config import RESUME_MAY_CHANGE, load_run_config
 
 
 def tree(*overrides: str) -> dict:
@@ -19,17 +20,17 @@ def test_flatten_names_every_leaf_by_its_path():
 
 
 def test_same_config_and_same_student_written_two_ways_are_no_change():
-    assert resume_changes(tree(), tree()) == ([], [])
+    assert run_changes(tree(), tree()) == ([], [])
     # the preset's own numbers spelled out, and betas as YAML reads them back (a list, not a tuple)
     spelled = tree("student.preset=3L", "student.layers=3", "student.heads=12", "student.hidden=384")
-    assert resume_changes(tree("student.preset=3L"), spelled) == ([], [])
+    assert run_changes(tree("student.preset=3L"), spelled) == ([], [])
     saved = tree()
     saved["train"]["betas"] = list(saved["train"]["betas"])
-    assert resume_changes(saved, tree()) == ([], [])
+    assert run_changes(saved, tree()) == ([], [])
 
 
 def test_identity_changes_and_other_changes_are_told_apart():
-    identity, other = resume_changes(
+    identity, other = run_changes(
         tree("train.max_steps=10", "objective.temperature=2.0"),
         tree(
             "train.max_steps=20", "objective.temperature=1.0", "train.micro_batch_size=8", "student.ffn=512"
@@ -52,7 +53,7 @@ def test_identity_changes_and_other_changes_are_told_apart():
     ],
 )
 def test_every_identity_field_is_refused(tmp_path, change):
-    assert any(change.startswith(name) for name in RUN_IDENTITY)
+    assert not any(change.startswith(name) for name in RESUME_MAY_CHANGE)
     save_config(load_run_config(), tmp_path / "config.yaml")
     with pytest.raises(ConfigError, match=f"{tmp_path} belongs to another run .*{change.split('=')[0]}"):
         check_resume_config(tmp_path, load_run_config(overrides=[change]))
@@ -84,9 +85,10 @@ def test_an_unreadable_checkpoint_config_is_named(tmp_path):
 
 def test_the_declared_key_lists_name_real_fields():
     """A misspelt entry would silently protect (or free) nothing."""
-    from finetune.config import RESUME_MAY_CHANGE, FinetuneConfig
+    from finetune.finetune_config import RESUME_MAY_CHANGE as FINETUNE_MAY_CHANGE
+    from finetune.finetune_config import FinetuneConfig
 
     run_keys, finetune_keys = flatten(tree()).keys(), flatten(to_dict(FinetuneConfig())).keys()
-    for names, keys in ((RUN_IDENTITY, run_keys), (RESUME_MAY_CHANGE, finetune_keys)):
+    for names, keys in ((RESUME_MAY_CHANGE, run_keys), (FINETUNE_MAY_CHANGE, finetune_keys)):
         for name in names:
             assert any(map(under([name]), keys)), name

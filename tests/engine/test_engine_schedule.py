@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pretrain_distill.engine.schedule import build_lr_scheduler, warmup_steps
+from pretrain_distill.core.lr_schedule import build_lr_scheduler, warmup_steps
 
 
 def _lrs(total: int, ratio: float, steps: int, peak: float = 1.0):

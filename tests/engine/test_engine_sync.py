@@ -33,8 +33,9 @@ from engine_helpers import (
     tiny_overrides,
 )
 
-from pretrain_distill.engine.checkpoint import CheckpointStore, read_metadata
-from pretrain_distill.engine.logging import MetricsLogger, read_metrics
+from pretrain_distill.core.checkpoint_trust import read_metadata
+from pretrain_distill.core.metrics_log import MetricsLogger, read_metrics
+from pretrain_distill.engine.checkpoint import CheckpointStore
 from pretrain_distill.engine.signals import PreemptionFlag
 from pretrain_distill.engine.trainer import Trainer
 

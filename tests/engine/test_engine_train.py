@@ -14,9 +14,10 @@ from engine_helpers import tiny_config, tiny_overrides
 from safetensors.torch import load_file
 
 from pretrain_distill import cli
+from pretrain_distill.core.checkpoint_trust import read_metadata
+from pretrain_distill.core.metrics_log import MetricsLogger, read_metrics
 from pretrain_distill.engine import EXIT_PREEMPTED, NonFiniteLossError, Preempted, train
-from pretrain_distill.engine.checkpoint import CheckpointStore, read_metadata
-from pretrain_distill.engine.logging import MetricsLogger, read_metrics
+from pretrain_distill.engine.checkpoint import CheckpointStore
 from pretrain_distill.export import end_of_run
 
 
@@ -299,8 +300,8 @@ def test_train_help_lists_launch_commands(capsys):
 
 
 def test_shards_from_another_tokenizer_are_refused():
-    from pretrain_distill.configuration import ConfigError
-    from pretrain_distill.engine.trainer import check_tokenizer
+    from pretrain_distill.core.errors import ConfigError
+    from pretrain_distill.data.manifest import check_tokenizer
 
     class Tok:
         cls_token_id, sep_token_id, pad_token_id, mask_token_id = 101, 102, 0, 103
@@ -313,3 +314,25 @@ def test_shards_from_another_tokenizer_are_refused():
     roberta = {**good, "name": "roberta", "vocab_size": 50265, "mask_id": 50264}
     with pytest.raises(ConfigError, match="vocab_size: shards 50265, run 30522.*mask_id"):
         check_tokenizer({"tokenizer": roberta}, Tok())
+
+
+def test_an_in_process_run_leaves_no_process_group_behind(tiny_teacher_dir, tiny_shards, tmp_path, caplog):
+    """`make demo` fine-tunes in the process that distilled: the HF Trainer warned "torch.distributed process
+    group is initialized, but parallel_mode != ParallelMode.DISTRIBUTED" because the run left its group up."""
+    from transformers import TrainingArguments
+
+    from pretrain_distill.core.distributed import release_process_group
+
+    release_process_group()  # as in a fresh process (earlier tests here drive the Trainer directly)
+    first = tiny_config(
+        tiny_teacher_dir, tiny_shards, tmp_path / "a", "train.max_steps=2", "train.export=false"
+    )
+    train(first)
+    assert not torch.distributed.is_initialized()
+    with caplog.at_level("WARNING"):
+        TrainingArguments(output_dir=str(tmp_path / "ft"), use_cpu=True, report_to="none")
+    assert "parallel_mode" not in caplog.text
+    second = tiny_config(
+        tiny_teacher_dir, tiny_shards, tmp_path / "b", "train.max_steps=2", "train.export=false"
+    )
+    assert _losses(train(second)) == _losses(tmp_path / "a")  # a second run in the process starts afresh

@@ -11,15 +11,15 @@ import pytest
 import torch
 from engine_helpers import REPO, free_port, subprocess_env, tiny_config, tiny_overrides
 
-from pretrain_distill.config import DataConfig, ObjectiveConfig, TeacherConfig
-from pretrain_distill.configuration import ConfigError
+from pretrain_distill.core.distributed import launcher_env_scope
+from pretrain_distill.core.errors import ConfigError
+from pretrain_distill.core.metrics_log import read_metrics
 from pretrain_distill.data import DynamicMasker
 from pretrain_distill.engine import train
-from pretrain_distill.engine.distributed import launcher_env_scope
 from pretrain_distill.engine.evaluate import evaluate, load_validation_batches, validation_dir
-from pretrain_distill.engine.logging import read_metrics
 from pretrain_distill.engine.trainer import Trainer
 from pretrain_distill.plot import plot_run
+from pretrain_distill.run_config import DataConfig, ObjectiveConfig, TeacherConfig
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +32,9 @@ def held_out_shards(movie_shards):
 
 @pytest.fixture(scope="module")
 def distiller(tiny_teacher_dir):
-    from pretrain_distill.config import StudentConfig
     from pretrain_distill.models import build_student_from_config, build_teacher
     from pretrain_distill.objectives import Distiller
+    from pretrain_distill.run_config import StudentConfig
 
     torch.manual_seed(0)
     teacher = build_teacher(TeacherConfig(path=str(tiny_teacher_dir), dtype="fp32"), torch.device("cpu"))
@@ -110,7 +110,7 @@ def test_training_logs_validation_and_is_unchanged_by_it(tiny_teacher_dir, held_
 
 TRAIN_AND_DUMP_VAL = """
 import json, sys
-from pretrain_distill.config import load_run_config
+from pretrain_distill.run_config import load_run_config
 from pretrain_distill.engine.signals import PreemptionFlag
 from pretrain_distill.engine.trainer import Trainer
 cfg = load_run_config(overrides=json.loads(sys.argv[1]))
@@ -150,7 +150,7 @@ def test_two_ranks_validate_like_one(tiny_teacher_dir, held_out_shards, tmp_path
 
 
 def test_validation_metrics_have_their_own_tensorboard_group():
-    from pretrain_distill.engine.logging import _tb_tag
+    from pretrain_distill.core.metrics_log import _tb_tag
 
     assert [_tb_tag(k) for k in ("val_loss", "val_loss_hs", "loss", "loss_hs", "lr")] == [
         "val/total",

@@ -8,12 +8,13 @@ import torch
 from engine_helpers import tiny_config
 from safetensors.torch import load_file
 
-from pretrain_distill.config import load_run_config
-from pretrain_distill.configuration import CONFIG_ROOT
+from pretrain_distill.core.checkpoint_trust import read_metadata
+from pretrain_distill.core.config_loading import CONFIG_ROOT
+from pretrain_distill.core.metrics_log import read_metrics
 from pretrain_distill.engine import train
-from pretrain_distill.engine.checkpoint import CheckpointStore, read_metadata
-from pretrain_distill.engine.logging import read_metrics
+from pretrain_distill.engine.checkpoint import CheckpointStore
 from pretrain_distill.export import end_of_run
+from pretrain_distill.run_config import load_run_config
 
 
 def _run(teacher, shards, out, *extra):

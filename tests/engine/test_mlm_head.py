@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM, BertModel, DistilBertConfig, DistilBertForMaskedLM
 
-from pretrain_distill.config import TeacherConfig
 from pretrain_distill.mlm_head import fit_mlm_head, mlm_head_module
 from pretrain_distill.models.teacher import MissingMLMHeadError, build_teacher
+from pretrain_distill.run_config import TeacherConfig
 
 
 @pytest.fixture

@@ -19,12 +19,12 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
 from pretrain_distill import cli
-from pretrain_distill.config import load_run_config
-from pretrain_distill.configuration import save_config
+from pretrain_distill.core.config_loading import save_config
 from pretrain_distill.engine.checkpoint import CheckpointStore
 from pretrain_distill.engine.state import student_state_dict
 from pretrain_distill.export import export_run
 from pretrain_distill.models import build_student
+from pretrain_distill.run_config import load_run_config
 
 SHAPE = dict(num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
 

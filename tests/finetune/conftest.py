@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+
+# pytest runs with --import-mode=importlib (no sys.path changes): make task_metrics importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 WORDS = "the a movie film great awful plot actor fun dull story scene long short good bad".split()
 NLI = ("entailment", "neutral", "contradiction")

@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from finetune.config import ConfigError, load_finetune_config
-from finetune.loop import read_log
-from finetune.run import run
+from finetune.finetune_config import ConfigError, load_finetune_config
+from finetune.jobs import run
+from pretrain_distill.core.metrics_log import read_metrics
 
 from .conftest import sentence, tiny_classifier
 
@@ -29,9 +29,9 @@ N_TRAIN, GLOBAL_BATCH, EPOCHS = 24, 4, 2
 # dumps the objective's final weights.
 RECORDING_WORKER = """
 import json, os, sys, torch
-import finetune.run as runner
-from finetune.config import load_finetune_config
-from finetune.kd import FinetuneObjective
+import finetune.jobs as runner
+from finetune.finetune_config import load_finetune_config
+from finetune.objectives import FinetuneObjective
 from transformers import AutoTokenizer
 
 cfg = load_finetune_config(overrides=json.loads(sys.argv[1]))
@@ -57,15 +57,15 @@ with open(f"{cfg.output_dir}/seen_rank{rank}.json", "w") as f:
 
 KILL_AFTER_STEP = """
 import json, os, signal, sys
-from finetune.config import load_finetune_config
-from finetune.loop import JsonlLogger
-from finetune.run import run
-on_log = JsonlLogger.on_log
+from finetune.finetune_config import load_finetune_config
+from finetune.hf_trainer import MetricsCallback
+from finetune.jobs import run
+on_log = MetricsCallback.on_log
 def log_then_die(self, args, state, control, logs=None, **kwargs):
     on_log(self, args, state, control, logs=logs, **kwargs)
     if state.global_step == int(sys.argv[2]) and "loss" in (logs or {}):
         os.kill(os.getpid(), signal.SIGKILL)
-JsonlLogger.on_log = log_then_die
+MetricsCallback.on_log = log_then_die
 run(load_finetune_config(overrides=json.loads(sys.argv[1])))
 """
 
@@ -107,7 +107,7 @@ def overrides(model: Path, files: dict[str, Path], out: Path, *extra: str) -> li
         "warmup_ratio=0.0",
         "max_length=16",
         "num_workers=2",
-        "log_steps=1",
+        "log_every=1",
         "device=cpu",
         "progress=false",
         *extra,
@@ -132,7 +132,7 @@ def free_port() -> int:
 
 
 def step_losses(run_dir: Path) -> dict[int, float]:
-    return {e["step"]: e["loss"] for e in read_log(run_dir / "log.jsonl") if "loss" in e}
+    return {e["step"]: e["loss"] for e in read_metrics(run_dir / "logs" / "metrics.jsonl") if "loss" in e}
 
 
 def run_dir_of(out: Path, model: Path) -> Path:
@@ -193,7 +193,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(
 ):
     """Dropout on, 2 loader workers: resuming restores weights, optimizer, scheduler, RNG and the
     loader position (checkpoints every 2 steps and at each epoch end; killed after step 9 of 12)."""
-    extra = ("save_steps=2", "select=best")
+    extra = ("save_every=2", "select=best")
     reference = run(
         load_finetune_config(overrides=overrides(tiny_encoder_dir, task_files, tmp_path / "ref", *extra))
     )[0]
@@ -224,9 +224,9 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(
         "selected_step"
     ]
 
-    log_before = (resumed / "log.jsonl").read_text()
+    log_before = (resumed / "logs" / "metrics.jsonl").read_text()
     assert run(load_finetune_config(overrides=args))[0] == resumed  # a finished run: nothing to redo
-    assert (resumed / "log.jsonl").read_text().startswith(log_before)
+    assert (resumed / "logs" / "metrics.jsonl").read_text().startswith(log_before)
     assert json.loads((resumed / "metrics.json").read_text())["eval"] == m_res["eval"]
     config_before = (resumed / "config.yaml").read_text()
     with pytest.raises(ConfigError, match="holds checkpoints of an earlier run"):
@@ -240,9 +240,9 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(
             run(load_finetune_config(overrides=[*args, change]))
     assert (resumed / "config.yaml").read_text() == config_before  # nothing written
     capsys.readouterr()
-    run(load_finetune_config(overrides=[*args, "log_steps=3", "eval_batch_size=7"]))  # these may change
+    run(load_finetune_config(overrides=[*args, "log_every=3", "eval_batch_size=7"]))  # these may change
     assert (
-        f"{resumed}: resuming from checkpoint-12 (changed: eval_batch_size: 128 -> 7; log_steps: 1 -> 3)"
+        f"{resumed}: resuming from checkpoint-12 (changed: eval_batch_size: 128 -> 7; log_every: 1 -> 3)"
         in capsys.readouterr().err
     )
 
@@ -267,9 +267,9 @@ def test_gradient_accumulation_equals_the_full_batch(tmp_path, task_files, no_dr
 
 
 def test_bf16_eval_steps_logs_and_model_card(tmp_path, task_files, no_dropout_encoder, capsys, monkeypatch):
-    """precision=bf16 trains under bf16 autocast; eval_steps=3 adds a mid-epoch evaluation (a printed
+    """precision=bf16 trains under bf16 autocast; eval_every=3 adds a mid-epoch evaluation (a printed
     line, a history record, a checkpoint); TensorBoard events and the model card are written."""
-    from finetune.kd import FinetuneObjective
+    from finetune.objectives import FinetuneObjective
 
     autocast = []
     forward = FinetuneObjective.forward
@@ -282,7 +282,7 @@ def test_bf16_eval_steps_logs_and_model_card(tmp_path, task_files, no_dropout_en
 
     monkeypatch.setattr(FinetuneObjective, "forward", recording)
     args = overrides(no_dropout_encoder, task_files, tmp_path, "precision=bf16", "num_workers=0", "epochs=1")
-    (run_dir,) = run(load_finetune_config(overrides=[*args, "eval_steps=3"]))
+    (run_dir,) = run(load_finetune_config(overrides=[*args, "eval_every=3"]))
     assert len(autocast) == N_TRAIN // GLOBAL_BATCH and all(autocast)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert [r["step"] for r in metrics["history"]] == [3, 6]
@@ -292,7 +292,7 @@ def test_bf16_eval_steps_logs_and_model_card(tmp_path, task_files, no_dropout_en
     assert f"epoch 0.5 (step 3): accuracy {first:.4f}\n" in printed
     assert f"epoch 1: accuracy {last:.4f}\n" in printed
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((run_dir / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     card = (run_dir / "model" / "README.md").read_text()
     assert f"base_model: {no_dropout_encoder}" in card and "seed: 1" in card
     assert f"| dev | accuracy | {metrics['eval']['dev']['accuracy']:.4f} |" in card
@@ -317,7 +317,7 @@ def test_rail_layers_are_redrawn_per_epoch_also_after_a_resume():
     of epoch k, also when a resume starts mid-epoch (state.epoch = 1.5 -> 1)."""
     from transformers import TrainerControl, TrainerState
 
-    from finetune.loop import EvaluationFlow
+    from finetune.hf_trainer import EvaluationFlow
 
     class Recorder(torch.nn.Module):
         epochs: list[int] = []
@@ -326,7 +326,7 @@ def test_rail_layers_are_redrawn_per_epoch_also_after_a_resume():
             self.epochs.append(epoch)
 
     module = Recorder()
-    flow = EvaluationFlow(module, eval_steps=0)
+    flow = EvaluationFlow(module, eval_every=0)
     for epoch in (None, 1.0, 2.0, 1.5, 0.9999999):
         flow.on_epoch_begin(None, TrainerState(epoch=epoch), TrainerControl())
     assert module.epochs == [0, 1, 2, 1, 1]
@@ -379,25 +379,50 @@ def test_task_distillation_on_two_ranks(tmp_path, glue_dir, tiny_encoder_dir, ti
 
 
 def test_a_checkpoint_or_log_line_cut_short_by_a_kill_is_skipped(tmp_path):
-    """The Trainer writes trainer_state.json last: a checkpoint folder without it is incomplete. A log
-    line torn by the kill is dropped when the resumed run trims the log to its checkpoint."""
+    """A checkpoint is complete once its COMPLETE marker is written (after every rank's files): a folder
+    without one is incomplete. A log line torn by the kill is dropped when the resumed run trims the log
+    to its checkpoint."""
     from transformers import TrainerControl, TrainerState
 
-    from finetune.loop import JsonlLogger, resume_checkpoint
+    from finetune.hf_trainer import MetricsCallback, resume_checkpoint
+    from pretrain_distill.core.checkpoint_trust import mark_complete
 
     out = tmp_path / "checkpoints"
     assert resume_checkpoint(out, resume=True) is None
     for step, complete in ((4, True), (10, True), (12, False)):
         (out / f"checkpoint-{step}").mkdir(parents=True)
+        (out / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
         if complete:
-            (out / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+            mark_complete(out / f"checkpoint-{step}", {"step": step})
     assert resume_checkpoint(out, resume=True) == str(out / "checkpoint-10")  # 10 > 4 numerically
     with pytest.raises(ConfigError, match="holds checkpoints of an earlier run"):
         resume_checkpoint(out, resume=False)
 
-    log = tmp_path / "log.jsonl"
+    log = tmp_path / "logs" / "metrics.jsonl"
+    log.parent.mkdir()
     log.write_text(
         "".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 13)) + '{"step": 1'
     )
-    JsonlLogger(log).on_train_begin(None, TrainerState(global_step=10), TrainerControl())
-    assert [e["step"] for e in read_log(log)] == list(range(1, 11))
+    callback = MetricsCallback(log.parent, [], "run", {})
+    callback.on_train_begin(None, TrainerState(global_step=10), TrainerControl())
+    callback.on_train_end(None, TrainerState(global_step=10), TrainerControl())
+    assert [e["step"] for e in read_metrics(log)] == list(range(1, 11))
+
+
+def test_a_damaged_finetune_checkpoint_is_skipped_for_the_newest_that_verifies(tmp_path, caplog):
+    """Fine-tuning checkpoints are trusted like the engine's: sizes and SHA-256 in the COMPLETE marker."""
+    from finetune.hf_trainer import resume_checkpoint
+    from pretrain_distill.core.checkpoint_trust import mark_complete
+
+    out = tmp_path / "checkpoints"
+    for step in (4, 10):
+        folder = out / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(bytes(range(64)) * step)
+        mark_complete(folder, {"step": step})
+    (out / "checkpoint-10" / "model.safetensors").write_bytes(bytes(64 * 10))  # same size, other bytes
+    assert resume_checkpoint(out, resume=True) == str(out / "checkpoint-4")
+    assert "checkpoint-10" in caplog.text and "checksum differs" in caplog.text
+    (out / "checkpoint-4" / "model.safetensors").write_bytes(b"cut")
+    with pytest.raises(ConfigError, match="no checkpoint passes its checks"):
+        resume_checkpoint(out, resume=True)

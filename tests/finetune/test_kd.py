@@ -8,10 +8,10 @@ import copy
 import pytest
 import torch
 
-from finetune.config import DistillConfig
-from finetune.kd import METHOD_DEFAULTS, FinetuneObjective, TaskDistiller, last_layers, skip_layers
+from finetune.finetune_config import DistillConfig
 from finetune.kd_losses import kd_logit_loss, mean_pool, normalized_squared_distance, task_loss
 from finetune.modeling import init_from_teacher_layers
+from finetune.objectives import METHOD_DEFAULTS, FinetuneObjective, TaskDistiller, last_layers, skip_layers
 
 from .conftest import tiny_classifier
 

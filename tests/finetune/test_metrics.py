@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+from task_metrics import compute_metrics
 
-from finetune.metrics import compute_metrics, task_score
+from finetune.metrics import task_score
 from finetune.tasks import TASKS
 
 rng = np.random.default_rng(0)

@@ -3,22 +3,21 @@ distillation, sweeps, out-of-domain sets, config errors."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 import torch
+from task_metrics import compute_metrics
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from finetune.cli import main
-from finetune.config import ConfigError, EvalSetConfig, FinetuneConfig, load_finetune_config
-from finetune.data import encode
-from finetune.kd import FinetuneObjective
-from finetune.loop import fit
-from finetune.metrics import compute_metrics
-from finetune.run import run
+from finetune.finetune_config import ConfigError, EvalSetConfig, FinetuneConfig, load_finetune_config
+from finetune.hf_trainer import fit
+from finetune.jobs import run
+from finetune.objectives import FinetuneObjective
 from finetune.tasks import load_task_data
+from finetune.tokenization import encode
 
 from .conftest import tiny_classifier
 
@@ -185,7 +184,7 @@ def test_config_errors():
 
 
 def test_prediction_map_merges_classes():
-    from finetune.run import merge_predictions
+    from finetune.jobs import merge_predictions
     from finetune.tasks import get_task
 
     merged = merge_predictions(np.array([0, 1, 2, 2, 0]), get_task("mnli"), {"contradiction": "neutral"})
@@ -249,10 +248,13 @@ def test_classifier_from_an_mlm_export_keeps_the_encoder(tmp_path, tokenizer):
 
 
 def test_flags_become_typed_overrides():
-    from finetune.cli_args import flag_overrides
+    from finetune import cli
+    from finetune.commands.job_options import job_config
+    from pretrain_distill.core.command_line import parse
 
-    args = argparse.Namespace(model="runs/yes", seeds=[4, 5], max_steps=7, run_name="null", no_progress=True)
-    cfg = load_finetune_config(overrides=flag_overrides(args))
+    argv = ["train", "--model", "runs/yes", "--seeds", "4", "5", "--max-steps", "7", "--run-name", "null"]
+    _, args = parse("finetune", "", cli.COMMANDS, [*argv, "--no-progress"])
+    cfg = job_config(args)
     assert (cfg.model, cfg.seeds, cfg.max_steps, cfg.run_name, cfg.progress) == (
         "runs/yes",
         [4, 5],

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from finetune.config import ConfigError, CustomTaskConfig, EvalSetConfig, FinetuneConfig
+from finetune.finetune_config import ConfigError, CustomTaskConfig, EvalSetConfig, FinetuneConfig
 from finetune.tasks import GLUE_TASKS, TASKS, XNLI_LANGUAGES, get_task, load_eval_set, load_task_data
 
 

@@ -6,7 +6,7 @@ import bz2
 
 import pytest
 
-from pretrain_distill import assets
+from pretrain_distill.core import assets
 
 pytestmark = pytest.mark.integration
 

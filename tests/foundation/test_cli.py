@@ -110,7 +110,7 @@ def test_a_mistake_is_one_line_and_exit_2_and_writes_nothing(
 
 
 def test_run_time_failure_is_one_line_exit_1_and_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
-    from pretrain_distill import plot
+    from pretrain_distill.commands import plot
 
     def boom(run_dir):
         raise RuntimeError("disk on fire\nsecond line")
@@ -166,12 +166,12 @@ def test_overrides_and_files_in_any_order(argv, capsys):
 
 
 def _finetune_config(argv):
-    from finetune.cli_args import config_from_args
+    from finetune.commands.job_options import job_config
     from pretrain_distill import __version__
-    from pretrain_distill.cli_util import parse
+    from pretrain_distill.core.command_line import parse
 
     _, args = parse("finetune", "", finetune_cli.COMMANDS, argv, __version__)
-    return args, config_from_args(args)
+    return args, job_config(args)
 
 
 def test_finetune_sweep_takes_a_leading_override():
@@ -186,7 +186,7 @@ def test_option_values_are_not_taken_for_overrides():
 
 
 def test_launcher_local_rank_argument_is_dropped_in_both_spellings():
-    from pretrain_distill.cli_util import without_local_rank
+    from pretrain_distill.core.command_line import without_local_rank
 
     assert without_local_rank(["--local_rank=1", "a.b=1", "--local-rank", "2", "--x.y", "3"]) == [
         "a.b=1",

@@ -7,9 +7,10 @@ import typing
 
 import pytest
 
-from finetune.config import FinetuneConfig, load_finetune_config
-from pretrain_distill.config import RunConfig, load_run_config
-from pretrain_distill.configuration import ConfigError, check_range
+from finetune.finetune_config import FinetuneConfig, load_finetune_config
+from pretrain_distill.core.config_loading import check_range
+from pretrain_distill.core.errors import ConfigError
+from pretrain_distill.run_config import RunConfig, load_run_config
 
 
 def _numeric(tp) -> bool:

@@ -1,23 +1,19 @@
-"""Config composition, overrides and validation errors (pretrain_distill.configuration)."""
+"""Config composition, overrides and validation errors (pretrain_distill.core.config_loading)."""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
 import pytest
 import yaml
 
-from pretrain_distill.config import RunConfig, load_run_config
-from pretrain_distill.configuration import (
-    ConfigError,
-    deep_merge,
-    from_dict,
-    load_config,
-    parse_overrides,
-    save_config,
-    split_files_and_overrides,
-)
+from pretrain_distill.core.command_line import add_config_arguments
+from pretrain_distill.core.config_loading import deep_merge, from_dict, load_config, save_config
+from pretrain_distill.core.errors import ConfigError
+from pretrain_distill.core.overrides import parse_overrides, split_command_line
+from pretrain_distill.run_config import RunConfig, load_run_config
 
 
 @dataclass
@@ -104,7 +100,9 @@ def test_deep_merge_replaces_non_mappings():
 
 
 def test_split_files_and_overrides():
-    files, overrides = split_files_and_overrides(["a.yaml", "x.y=1", "--z", "2", "b.yaml"])
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    files, overrides = split_command_line(parser, ["a.yaml", "x.y=1", "--z", "2", "b.yaml"])
     assert files == ["a.yaml", "b.yaml"] and overrides == ["x.y=1", "--z", "2"]
 
 

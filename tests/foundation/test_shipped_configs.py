@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pretrain_distill.config import RunConfig
-from pretrain_distill.configuration import CONFIG_ROOT, load_config
+from pretrain_distill.core.config_loading import CONFIG_ROOT, load_config
+from pretrain_distill.run_config import RunConfig
 
 RUN_YAMLS = sorted(p for p in CONFIG_ROOT.rglob("*.yaml") if p.parent.name != "finetune")
 FINETUNE_YAMLS = sorted((CONFIG_ROOT / "finetune").glob("*.yaml"))
@@ -24,7 +24,7 @@ def test_run_yaml_validates(path):
 
 @pytest.mark.parametrize("path", FINETUNE_YAMLS, ids=lambda p: str(p.relative_to(CONFIG_ROOT)))
 def test_finetune_yaml_validates(path):
-    from finetune.config import FinetuneConfig
+    from finetune.finetune_config import FinetuneConfig
 
     assert isinstance(load_config(FinetuneConfig, [path]), FinetuneConfig)
 

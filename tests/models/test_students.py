@@ -6,7 +6,6 @@ import pytest
 import torch
 from transformers import BertConfig, GPT2Config, XLMRobertaConfig
 
-from pretrain_distill.config import StudentConfig
 from pretrain_distill.models import (
     PRESETS,
     StudentSpec,
@@ -20,6 +19,7 @@ from pretrain_distill.models import (
     teacher_layers_for_init,
 )
 from pretrain_distill.models.families import encoder_layers
+from pretrain_distill.run_config import StudentConfig
 
 # Table 1 of 2310.08797: parameters in millions, BERT vocab (30522) / XLM-R vocab (250002).
 TABLE1 = {"6L-DistilBERT": (66, 234), "6L": (23, 106), "4L": (27, 153), "3L": (16, 100)}
@@ -177,7 +177,7 @@ def test_build_student_from_config_random_and_init_from(tiny_bert_config, tmp_pa
     ],
 )
 def test_student_yaml_configs(name, shape):
-    from pretrain_distill.config import load_run_config
+    from pretrain_distill.run_config import load_run_config
 
     cfg = load_run_config([f"students/{name}.yaml"])
     assert spec_from_config(cfg.student).as_list() == shape

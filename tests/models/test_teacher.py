@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pretrain_distill.config import TeacherConfig
 from pretrain_distill.models import (
     MissingMLMHeadError,
     Tap,
@@ -17,6 +16,7 @@ from pretrain_distill.models import (
     truncate_layers,
 )
 from pretrain_distill.models.families import encoder_layers
+from pretrain_distill.run_config import TeacherConfig
 
 
 def test_truncated_teacher_gives_the_same_states_for_the_layers_read(tiny_model, batch):

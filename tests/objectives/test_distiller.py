@@ -9,7 +9,6 @@ import pytest
 import torch
 from transformers import AutoModel, BertConfig, BertForMaskedLM, BertModel
 
-from pretrain_distill.config import ObjectiveConfig, TeacherConfig
 from pretrain_distill.models import MissingMLMHeadError, build_student, build_teacher
 from pretrain_distill.models.families import encoder_layers
 from pretrain_distill.objectives import (
@@ -18,6 +17,7 @@ from pretrain_distill.objectives import (
     output_distribution_loss,
 )
 from pretrain_distill.objectives.distiller import Distiller, resolve_teacher_layer
+from pretrain_distill.run_config import ObjectiveConfig, TeacherConfig
 
 TEACHER = dict(
     vocab_size=101, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=96
@@ -429,8 +429,8 @@ def test_objective_yaml_with_real_teacher(name, minilm_teacher, tokenizer):
     """Every objective file runs with the MiniLM teacher and the minilm_3x192 student; OD ones refuse it."""
     import copy
 
-    from pretrain_distill.config import load_run_config
     from pretrain_distill.models import build_student_from_config
+    from pretrain_distill.run_config import load_run_config
 
     cfg = load_run_config(["students/minilm_3x192.yaml", f"objectives/{name}.yaml"])
     teacher = copy.deepcopy(minilm_teacher)

@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
+from relation_reference import minilmv2_loss_autograd
 
 from pretrain_distill.objectives import minilmv2_loss
-from pretrain_distill.objectives.relations import minilmv2_loss_autograd
 
 
 def relation_reference(student_qkv, teacher_qkv, mask: torch.Tensor, A_r: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pretrain_distill import cli
-from pretrain_distill.configuration import ConfigError
+from pretrain_distill.core.errors import ConfigError
 from pretrain_distill.latency import (
     PAPER_CPU_MS,
     LatencySettings,

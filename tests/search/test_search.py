@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from pretrain_distill import cli
-from pretrain_distill.configuration import ConfigError
+from pretrain_distill.core.errors import ConfigError
+from pretrain_distill.core.metrics_log import MetricsLogger, read_metrics
 from pretrain_distill.engine import EXIT_PREEMPTED
 from pretrain_distill.engine.checkpoint import CheckpointStore
-from pretrain_distill.engine.logging import MetricsLogger, read_metrics
 from pretrain_distill.latency import LatencySettings, teacher_config
 from pretrain_distill.search import (
     Candidate,
@@ -85,10 +85,10 @@ def test_holdout_split_writes_two_views(three_shards, tmp_path):
 def test_held_out_losses_average_eval_mode_and_restore_mode(tiny_teacher_dir, three_shards, tmp_path):
     from types import SimpleNamespace
 
-    from pretrain_distill.config import ObjectiveConfig, TeacherConfig
     from pretrain_distill.engine.evaluate import load_validation_batches
     from pretrain_distill.models import build_student, build_teacher
     from pretrain_distill.objectives import Distiller
+    from pretrain_distill.run_config import ObjectiveConfig, TeacherConfig
 
     teacher = build_teacher(TeacherConfig(path=str(tiny_teacher_dir)))
     torch.manual_seed(0)
@@ -130,7 +130,7 @@ def _cli_args(teacher: Path, shards: Path, out: Path, candidates: list[str]) -> 
     return [
         "search", "--teacher", str(teacher), "--shards", str(shards), "--out", str(out), "--steps", "4",
         "--batch", "4", "--val-batches", "2", "--device", "cpu", "--candidates", *candidates,
-        "--set", "data.num_workers=0", "--set", "data.shuffle_buffer=64", "--set", "train.lr=1e-3",
+        "data.num_workers=0", "data.shuffle_buffer=64", "train.lr=1e-3",
         "--latency-seq", "16", "--latency-warmup", "1", "--latency-repeats", "3",
     ]  # fmt: skip
 
