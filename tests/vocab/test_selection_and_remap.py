@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModelForMaskedLM
 
 from pretrain_distill.core.errors import ConfigError
 from pretrain_distill.data.masking import DynamicMasker
+from pretrain_distill.models import build_student
 from pretrain_distill.vocab import StudentVocab, VocabIndex, choose_vocab, cut_student, select_kept
 from pretrain_distill.vocab.selection import sampled_counts
 
@@ -133,3 +134,19 @@ def test_a_vocabulary_that_moves_the_padding_token_is_refused():
     )  # fmt: skip
     with pytest.raises(ValueError, match="moves the padding token"):
         cut_student(AutoModelForMaskedLM.from_config(config), StudentVocab((1, 3, 5), 50, teacher_unk=3))
+
+
+def test_init_teacher_keeps_the_teachers_rows_of_the_kept_tokens(tiny_teacher_dir):
+    teacher = AutoModelForMaskedLM.from_pretrained(tiny_teacher_dir)
+    with torch.no_grad():
+        teacher.cls.predictions.bias.normal_()  # a head bias that is not all zeros
+    vocab = StudentVocab((0, 100, 101, 102, 103, 2000, 2001, 29999), 30522, teacher_unk=100)
+    student = cut_student(
+        build_student([1, 4, 64, 128], teacher.config, init="teacher", teacher=teacher), vocab
+    )
+    rows = list(vocab.kept)
+    t_emb = teacher.get_input_embeddings().weight[rows]
+    assert torch.equal(student.get_input_embeddings().weight, t_emb)
+    assert torch.equal(student.get_output_embeddings().bias, teacher.get_output_embeddings().bias[rows])
+    assert torch.equal(student.cls.predictions.bias, teacher.cls.predictions.bias[rows])
+    assert student.config.pad_token_id == 0 and student.config.vocab_size == 8

@@ -1,0 +1,108 @@
+"""A run with ``student.vocab=corpus`` end to end on the engine: the student holds only the kept rows, MLM
+labels and masking use them, every checkpoint and the export carry the vocabulary, a resume continues
+exactly, the export's tokenizer gives the ids the student was trained on, and bad rules exit 2 with
+nothing written."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoTokenizer
+
+from pretrain_distill import cli
+from pretrain_distill.data.token_counts import load_token_counts
+from pretrain_distill.engine import train
+from pretrain_distill.export import end_of_run
+from pretrain_distill.vocab import StudentVocab
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+from engine_helpers import tiny_config, tiny_overrides  # noqa: E402
+
+PRUNED = (
+    "student.vocab=corpus",
+    "student.vocab_min_count=2",
+    "objective.weights={hs: 1.0, mlm: 1.0}",
+    "train.max_steps=4",
+    "train.save_every=2",
+    "train.keep_last=5",
+)
+
+
+@pytest.fixture(scope="module")
+def pruned_shards(movie_shards):
+    return movie_shards("pruned", 6000)
+
+
+@pytest.fixture(scope="module")
+def pruned_run(tiny_teacher_dir, pruned_shards, tmp_path_factory):
+    shards, _ = pruned_shards
+    out = tmp_path_factory.mktemp("pruned") / "run"
+    return train(tiny_config(tiny_teacher_dir, shards, out, *PRUNED), on_end=end_of_run)
+
+
+def test_the_run_trains_a_student_of_the_kept_tokens(pruned_run, pruned_shards, tokenizer):
+    shards, manifest = pruned_shards
+    vocab = StudentVocab.load(pruned_run / "checkpoints" / "step_00000004" / "student")
+    (counts,) = load_token_counts(shards, manifest).values()
+    expected = sorted({*(counts >= 2).nonzero()[0].tolist(), *tokenizer.all_special_ids})
+    assert list(vocab.kept) == expected and vocab.size < 2000
+    assert vocab.stats["unknown_share"] == pytest.approx(counts[counts < 2].sum() / counts.sum())
+    assert StudentVocab.load(pruned_run / "checkpoints" / "step_00000002" / "student") == vocab
+    weights = load_file(pruned_run / "checkpoints" / "step_00000004" / "student" / "model.safetensors")
+    assert weights["bert.embeddings.word_embeddings.weight"].shape == (vocab.size, 32)
+    assert weights["cls.predictions.bias"].shape == (vocab.size,)
+
+
+def test_the_export_reads_text_as_the_student_was_trained(pruned_run, tokenizer):
+    export = pruned_run / "export"
+    vocab = StudentVocab.load(export)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        student_tok = AutoTokenizer.from_pretrained(export)
+        model = AutoModel.from_pretrained(export)
+    texts = ["a gripping, wonderfully acted film", "the zeitgeist of sesquipedalian xylophones", "北京 🙂"]
+    batch = student_tok(texts, padding=True, return_tensors="pt")
+    for row, text in zip(batch["input_ids"].tolist(), texts):
+        assert row[: len(tokenizer(text).input_ids)] == vocab.remap(tokenizer(text).input_ids)
+    assert int(batch["input_ids"].max()) < vocab.size == model.config.vocab_size
+    assert model(**batch).last_hidden_state.shape[:2] == batch["input_ids"].shape
+
+
+def test_a_resumed_run_reaches_the_same_weights(pruned_run, tiny_teacher_dir, pruned_shards, tmp_path):
+    shards, _ = pruned_shards
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    source = pruned_run / "checkpoints" / "step_00000002"
+    import shutil
+
+    shutil.copytree(source, resumed / "checkpoints" / source.name)
+    shutil.copytree(pruned_run / "tokenizer", resumed / "tokenizer")
+    shutil.copy(pruned_run / "config.yaml", resumed / "config.yaml")
+    train(tiny_config(tiny_teacher_dir, shards, resumed, *PRUNED, "train.export=false"))
+    final = "checkpoints/step_00000004/student/model.safetensors"
+    a, b = load_file(pruned_run / final), load_file(resumed / final)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["student.vocab_coverage=1.5"], "student.vocab_coverage: must be in (0, 1]"),
+        (["student.vocab_coverage=0"], "student.vocab_coverage: must be in (0, 1]"),
+        (["student.vocab_min_count=1000000"], "fewer than the special tokens"),
+    ],
+)
+def test_bad_rules_exit_2_with_nothing_written(
+    extra, message, tiny_teacher_dir, pruned_shards, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    argv = ["train", *tiny_overrides(tiny_teacher_dir, pruned_shards[0], out), "student.vocab=corpus", *extra]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
