@@ -21,11 +21,13 @@ from pretrain_distill.core.files import publish_dir
 from pretrain_distill.export.encoder import mlm_head_trained, write_transformers
 from pretrain_distill.export.hub import push_to_hub as push
 from pretrain_distill.export.model_card import model_card
+from pretrain_distill.export.onnx import onnx_values, write_onnx_format
 from pretrain_distill.export.sentence_transformers import write_sentence_transformers
 from pretrain_distill.export.source import ExportSource, resolve_source
 from pretrain_distill.models.students import encoder_parameter_count
 
-FORMATS = ("transformers", "sentence-transformers")
+FORMATS = ("transformers", "sentence-transformers", "onnx")
+QUANTIZE = ("int8",)
 _MARKER = "distill_config.yaml"  # every export holds it: an existing directory with it may be replaced
 
 
@@ -60,11 +62,15 @@ def export_run(
     license: str | None = None,
     push_to_hub: str | None = None,
     private: bool = False,
+    quantize: str | None = None,
 ) -> Path:
     """Export the student of ``checkpoint`` (default: newest complete) to ``out`` (default
-    ``run_dir/export``) in format ``fmt``; ``with_mlm_head=None`` keeps the head when it was trained."""
+    ``run_dir/export``) in format ``fmt``; ``with_mlm_head=None`` keeps the head when it was trained;
+    ``quantize="int8"`` (``onnx`` only) adds the dynamically quantized graph."""
     if fmt not in FORMATS:
         raise ValueError(f"export format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if quantize is not None and (quantize not in QUANTIZE or fmt != "onnx"):
+        raise ValueError(f"--quantize {quantize}: only --quantize int8, with --format onnx")
     source = resolve_source(run_dir, checkpoint)
     out = Path(out) if out is not None else source.run_dir / "export"
     _check_out(out, source)
@@ -75,7 +81,7 @@ def export_run(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        _write_export(source, staging, out, fmt, with_mlm_head, head_trained, license)
+        _write_export(source, staging, out, fmt, with_mlm_head, head_trained, license, quantize)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -87,10 +93,10 @@ def export_run(
 
 def _keep_mlm_head(fmt: str, asked: bool | None, head_trained: bool) -> bool:
     """Whether the export keeps the MLM head: as asked, else when the run trained it; never for
-    sentence embeddings."""
-    if fmt == "sentence-transformers":  # embeddings: the base encoder, whatever the objective trained
+    sentence embeddings or ONNX."""
+    if fmt in ("sentence-transformers", "onnx"):  # the base encoder, whatever the objective trained
         if asked:
-            raise ValueError("--with-mlm-head: the sentence-transformers format holds the base encoder only")
+            raise ValueError(f"--with-mlm-head: the {fmt} format holds the base encoder only")
         return False
     if asked is None:
         return head_trained
@@ -110,11 +116,14 @@ def _write_export(
     with_mlm_head: bool,
     head_trained: bool,
     license: str | None,
+    quantize: str | None = None,
 ) -> None:
     """The model, the run config and the model card into ``staging`` (later published as ``out``)."""
     teacher_name, teacher_dir, hub_id = _teacher(source.config)
     if fmt == "sentence-transformers":
         model = write_sentence_transformers(source, staging, teacher_dir)
+    elif fmt == "onnx":
+        model = write_onnx_format(source, staging, quantize == "int8")
     else:
         model = write_transformers(source, staging, with_mlm_head)
     shutil.copy2(source.checkpoint / "config.yaml", staging / _MARKER)
@@ -128,24 +137,34 @@ def _write_export(
         encoder_parameters=encoder_parameter_count(model),
         stored_values=_stored_values(staging),
         license=license,
-        command=_command(source, out, fmt, with_mlm_head, head_trained, license),
+        command=_command(source, out, fmt, with_mlm_head, head_trained, license, quantize),
     )
     card.save(staging / "README.md")
 
 
 def _command(
-    source: ExportSource, out: Path, fmt: str, with_head: bool, head_trained: bool, license: str | None
+    source: ExportSource,
+    out: Path,
+    fmt: str,
+    with_head: bool,
+    head_trained: bool,
+    license: str | None,
+    quantize: str | None = None,
 ) -> str:
     """The ``pretrain-distill export`` command that writes this export again."""
     argv = ["pretrain-distill", "export", str(source.run_dir), "--checkpoint", str(source.checkpoint)]
     argv += ["--out", str(out)] + (["--format", fmt] if fmt != "transformers" else [])
+    argv += ["--quantize", quantize] if quantize else []
     if with_head != head_trained:
         argv.append("--with-mlm-head" if with_head else "--without-mlm-head")
     return shlex.join(argv + (["--license", license] if license else []))
 
 
 def _stored_values(folder: Path) -> int:
-    """Number of values in the directory's safetensors files (tied weights count once: stored once)."""
+    """Number of values in the directory's safetensors files (tied weights count once: stored once), or
+    in its fp32 ONNX graph."""
+    if (folder / "model.onnx").is_file():
+        return onnx_values(folder / "model.onnx")
     total = 0
     for path in folder.glob("*.safetensors"):
         with safe_open(path, framework="pt") as f:
@@ -158,4 +177,4 @@ def end_of_run(run_dir: Path) -> Path:
     return export_run(run_dir)
 
 
-__all__ = ["FORMATS", "end_of_run", "export_run"]
+__all__ = ["FORMATS", "QUANTIZE", "end_of_run", "export_run"]
