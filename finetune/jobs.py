@@ -45,6 +45,7 @@ from pretrain_distill.core.config_loading import save_config, to_dict
 from pretrain_distill.core.distributed import detect_env
 from pretrain_distill.core.files import atomic_write_json
 from pretrain_distill.core.run_identity import check_same_run, saved_config
+from pretrain_distill.vocab import save_tokenizer
 
 
 def default_epochs(spec: TaskSpec, multilingual: bool) -> float:
@@ -161,7 +162,7 @@ def run_seed(cfg: FinetuneConfig, data: TaskData, seed: int, ood: dict[str, data
         if cfg.save_model:
             model_dir = run_dir / "model"
             objective.export().save_pretrained(model_dir)  # load_classifier reads it back
-            tokenizer.save_pretrained(model_dir)
+            save_tokenizer(tokenizer, resolve_model_path(cfg.tokenizer or cfg.model), model_dir)
             (model_dir / "README.md").write_text(model_card(metrics, spec.labels))
         atomic_write_json(run_dir / "metrics.json", metrics)
     return run_dir

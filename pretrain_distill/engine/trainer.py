@@ -207,7 +207,8 @@ class Trainer:
         check_tokenizer(manifest, self.tokenizer)
         self.init_from = resolve_init_from(cfg.student.init_from)
         saved = [self.resume_from / "student"] if self.resume_from is not None else []
-        saved += [Path(self.init_from)] if Path(self.init_from or "/nonexistent").is_dir() else []
+        if self.init_from and Path(self.init_from).is_dir():
+            saved.append(Path(self.init_from))
         self.vocab = run_vocab(cfg.student, cfg.data, self.tokenizer, manifest, saved)
         self.masker = DynamicMasker(
             self.tokenizer,

@@ -5,7 +5,7 @@ tokenizer for the export (:mod:`.tokenizer`) and the vocabulary of a run (:mod:`
 from pretrain_distill.vocab.remap import VocabIndex, cut_student
 from pretrain_distill.vocab.resolve import run_vocab
 from pretrain_distill.vocab.selection import VOCAB_FILE, StudentVocab, choose_vocab, select_kept
-from pretrain_distill.vocab.tokenizer import check_rewritable, write_student_tokenizer
+from pretrain_distill.vocab.tokenizer import check_rewritable, save_tokenizer, write_student_tokenizer
 
 __all__ = [
     "VOCAB_FILE",
@@ -15,6 +15,7 @@ __all__ = [
     "choose_vocab",
     "cut_student",
     "run_vocab",
+    "save_tokenizer",
     "select_kept",
     "write_student_tokenizer",
 ]

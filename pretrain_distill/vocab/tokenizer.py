@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from pretrain_distill.core.errors import ConfigError
-from pretrain_distill.vocab.selection import StudentVocab
+from pretrain_distill.vocab.selection import VOCAB_FILE, StudentVocab
 
 REWRITABLE = ("WordPiece", "WordLevel")
 #: Files of the slow (Python) tokenizers: they hold the teacher's ids and are not written for the student.
 _SLOW_FILES = ("vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 
 
 def model_type(backend_json: str) -> str:
@@ -89,3 +90,18 @@ def write_student_tokenizer(tokenizer_dir: Path, vocab: StudentVocab, out: Path)
                 str(table[int(i)]): entry for i, entry in config["added_tokens_decoder"].items()
             }
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def save_tokenizer(tokenizer: Any, source_dir: str | Path, out: Path) -> None:
+    """Save ``tokenizer`` (loaded from ``source_dir``) into ``out``. A pruned student's tokenizer (its
+    directory holds ``student_vocab.json``) is copied file by file: re-serialising it through ``tokenizers``
+    (``save_pretrained``) keeps one token string per id, so the unkept tokens that share the unknown id
+    would be lost and text split differently. Any other tokenizer: ``save_pretrained``."""
+    source = Path(source_dir)
+    if not (source / VOCAB_FILE).is_file():
+        tokenizer.save_pretrained(out)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (*_TOKENIZER_FILES, VOCAB_FILE):
+        if (source / name).is_file():
+            shutil.copy2(source / name, out / name)

@@ -106,3 +106,17 @@ def test_bad_rules_exit_2_with_nothing_written(
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_the_sentence_transformers_export_reads_the_student_ids(pruned_run, tokenizer, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path / "st"
+    assert cli.main(["export", str(pruned_run), "--format", "sentence-transformers", "--out", str(out)]) == 0
+    vocab = StudentVocab.load(out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = SentenceTransformer(str(out), device="cpu")
+    text = "the zeitgeist of sesquipedalian xylophones"
+    assert model.tokenizer(text)["input_ids"] == vocab.remap(tokenizer(text)["input_ids"])
+    assert model.encode([text, "a fine film"]).shape == (2, 32)

@@ -13,7 +13,13 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from pretrain_distill.core.assets import movie_sentences_path
 from pretrain_distill.core.errors import ConfigError
-from pretrain_distill.vocab import StudentVocab, check_rewritable, choose_vocab, write_student_tokenizer
+from pretrain_distill.vocab import (
+    StudentVocab,
+    check_rewritable,
+    choose_vocab,
+    save_tokenizer,
+    write_student_tokenizer,
+)
 from pretrain_distill.vocab.resolve import always_kept
 from pretrain_distill.vocab.tokenizer import rewrite_backend
 
@@ -122,3 +128,23 @@ def test_bpe_and_unigram_tokenizers_are_refused_in_one_line(kind):
     vocab = _vocab_from(teacher, _sentences(400), min_count=2)
     with pytest.raises(ConfigError):
         rewrite_backend(teacher.backend_tokenizer.to_str(), vocab)
+
+
+@pytest.mark.integration
+def test_re_saving_copies_the_files_because_tokenizers_would_collapse_them(tokenizer, tmp_path):
+    """``save_pretrained`` re-serialises through ``tokenizers``, which keeps one string per id: the tokens
+    sharing the unknown id are lost and words split differently. ``save_tokenizer`` (fine-tuning, demo)
+    copies the files instead."""
+    vocab = _vocab_from(tokenizer, _sentences(3000), min_count=3)
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    (tmp_path / "student").mkdir()
+    write_student_tokenizer(tmp_path / "teacher", vocab, tmp_path / "student")
+    vocab.save(tmp_path / "student")
+    student = AutoTokenizer.from_pretrained(tmp_path / "student")
+    save_tokenizer(student, tmp_path / "student", tmp_path / "copied")
+    student.save_pretrained(tmp_path / "resaved")
+    text = "antidisestablishmentarianism displaying unbelievable sesquipedalian words"
+    expected = vocab.remap(tokenizer(text)["input_ids"])
+    assert AutoTokenizer.from_pretrained(tmp_path / "copied")(text)["input_ids"] == expected
+    assert AutoTokenizer.from_pretrained(tmp_path / "resaved")(text)["input_ids"] != expected
+    assert StudentVocab.load(tmp_path / "copied") == vocab
