@@ -1,11 +1,14 @@
 """What recording token counts costs `prepare`: the same preparation with and without counting, side by
-side (alternating runs, fresh output directories), on the embedded English Wikipedia dump.
+side (alternating runs, fresh output directories, one worker: everything in this process), on the
+embedded English Wikipedia dump (markup-bound) and on the movie sentences as plain text (tokenizer-bound:
+the case where counting weighs most).
 
-Prints a Markdown table (median wall seconds and tokens/s of each, and the ratio) with the machine and
-library versions. Counting is a `np.bincount` of each chunk's packed rows plus one merge at the end.
+Prints a Markdown table of the median CPU seconds of this process (robust on a shared machine) and wall
+seconds of each, and the ratios, with the machine and library versions. Counting is an `np.bincount` of
+each chunk's packed rows plus one merge at the end.
 
-  .venv/bin/python benchmarks/prepare_token_counts.py                # 3 x 2 runs, ~2 minutes on 2 cores
-  .venv/bin/python benchmarks/prepare_token_counts.py --workers 2 --repeats 5
+  .venv/bin/python benchmarks/prepare_token_counts.py                # 5 x 2 runs per corpus, ~3 minutes
+  .venv/bin/python benchmarks/prepare_token_counts.py --repeats 9
 """
 
 from __future__ import annotations
@@ -22,64 +25,65 @@ import numpy as np
 import tokenizers
 import transformers
 
-from pretrain_distill.core.assets import wikipedia_dump_path
+from pretrain_distill.core.assets import movie_sentences_path, wikipedia_dump_path
 from pretrain_distill.data import prepare_shards
 
 
-def timed_prepare(out: Path, count_tokens: bool, workers: int, max_length: int) -> tuple[float, int]:
-    """Wall seconds and tokens of one preparation into the fresh directory ``out``."""
-    start = time.perf_counter()
+def timed_prepare(source: str, out: Path, count_tokens: bool) -> tuple[float, float, int]:
+    """(CPU seconds, wall seconds, tokens) of one preparation into the fresh directory ``out``."""
+    cpu, wall = time.process_time(), time.perf_counter()
     manifest = prepare_shards(
-        [f"wikipedia:{wikipedia_dump_path()}"],
+        [source],
         out,
         tokenizer="minilm",
-        max_length=max_length,
-        workers=workers,
+        max_length=128,
+        workers=1,
         shard_chars=400_000,  # several chunks, as on a real corpus
         progress=False,
         count_tokens=count_tokens,
     )
-    return time.perf_counter() - start, manifest["totals"]["tokens"]
+    return time.process_time() - cpu, time.perf_counter() - wall, manifest["totals"]["tokens"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    times: dict[bool, list[float]] = {False: [], True: []}
-    tokens = 0
     with tempfile.TemporaryDirectory(prefix="prepare-bench-") as tmp:
-        for repeat in range(args.repeats):
-            for count in (False, True) if repeat % 2 == 0 else (True, False):  # alternate the order
-                seconds, tokens = timed_prepare(
-                    Path(tmp) / f"{repeat}-{count}", count, args.workers, args.max_length
+        text = Path(tmp) / "movies.txt"
+        lines = movie_sentences_path().read_text(encoding="utf-8", errors="replace").splitlines()
+        text.write_text("\n".join(line.split("\t")[-1] for line in lines) + "\n")
+        corpora = {
+            "Wikipedia dump (markup)": f"wikipedia:{wikipedia_dump_path()}",
+            "movie sentences (plain text)": f"text:{text}#doc=line",
+        }
+        print(
+            "| corpus | tokens | token counts | median CPU s | median wall s | tokens per CPU s | CPU ratio |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for name, source in corpora.items():
+            runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+            for repeat in range(args.repeats):
+                for count in (False, True) if repeat % 2 == 0 else (True, False):  # alternate the order
+                    cpu, wall, tokens = timed_prepare(source, Path(tmp) / f"{name}-{repeat}-{count}", count)
+                    runs[count].append((cpu, wall))
+            base = statistics.median(c for c, _ in runs[False])
+            for count in (False, True):
+                cpu = statistics.median(c for c, _ in runs[count])
+                wall = statistics.median(w for _, w in runs[count])
+                label = "with" if count else "without"
+                print(
+                    f"| {name} | {tokens:,} | {label} | {cpu:.2f} | {wall:.2f} | {tokens / cpu:,.0f} | "
+                    f"{cpu / base:.3f} |"
                 )
-                times[count].append(seconds)
-    base, counted = statistics.median(times[False]), statistics.median(times[True])
-    print(
-        f"prepare, English Wikipedia test dump ({tokens:,} tokens), {args.workers} worker(s), {args.repeats} runs each"
-    )
     print()
-    print("| prepare | median s | tokens/s | all runs (s) |")
-    print("|---|---|---|---|")
-    for label, key in (("without token counts", False), ("with token counts", True)):
-        median = statistics.median(times[key])
-        runs = ", ".join(f"{t:.2f}" for t in times[key])
-        print(f"| {label} | {median:.2f} | {tokens / median:,.0f} | {runs} |")
-    print()
+    print(f"{args.repeats} runs of each, alternating; one worker (all in this process)")
     print(
-        f"ratio with / without: {counted / base:.3f} (wall time; < 1 + run-to-run spread = no measurable cost)"
-    )
-    spread = max(np.ptp(times[False]), np.ptp(times[True])) / base
-    print(f"run-to-run spread: {100 * spread:.1f}% of the median")
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; python "
-        f"{platform.python_version()}, numpy {np.__version__}, tokenizers {tokenizers.__version__}, "
-        f"transformers {transformers.__version__}"
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}; python {platform.python_version()}, numpy {np.__version__}, tokenizers "
+        f"{tokenizers.__version__}, transformers {transformers.__version__}"
     )
 
 
