@@ -5,6 +5,8 @@ nothing written."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -12,16 +14,28 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoTokenizer
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
 from pretrain_distill import cli
+from pretrain_distill.data.masking import DynamicMasker
 from pretrain_distill.data.token_counts import load_token_counts
 from pretrain_distill.engine import train
 from pretrain_distill.export import end_of_run
-from pretrain_distill.vocab import StudentVocab
+from pretrain_distill.models import build_student
+from pretrain_distill.objectives import Distiller
+from pretrain_distill.run_config import ObjectiveConfig
+from pretrain_distill.vocab import StudentVocab, VocabIndex, cut_student
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from engine_helpers import tiny_config, tiny_overrides  # noqa: E402
+from engine_helpers import (  # noqa: E402
+    REPO,
+    TRAIN_AND_DUMP_WEIGHTS,
+    free_port,
+    subprocess_env,
+    tiny_config,
+    tiny_overrides,
+)
 
 PRUNED = (
     "student.vocab=corpus",
@@ -109,8 +123,6 @@ def test_bad_rules_exit_2_with_nothing_written(
 
 
 def test_the_sentence_transformers_export_reads_the_student_ids(pruned_run, tokenizer, tmp_path):
-    from sentence_transformers import SentenceTransformer
-
     out = tmp_path / "st"
     assert cli.main(["export", str(pruned_run), "--format", "sentence-transformers", "--out", str(out)]) == 0
     vocab = StudentVocab.load(out)
@@ -120,3 +132,48 @@ def test_the_sentence_transformers_export_reads_the_student_ids(pruned_run, toke
     text = "the zeitgeist of sesquipedalian xylophones"
     assert model.tokenizer(text)["input_ids"] == vocab.remap(tokenizer(text)["input_ids"])
     assert model.encode([text, "a fine film"]).shape == (2, 32)
+
+
+def test_od_and_mlm_compare_against_the_kept_tokens(tiny_teacher_dir, tokenizer):
+    """The Distiller's od / mlm terms with a pruned vocabulary, against a reference written out here."""
+    torch.manual_seed(0)
+    teacher = AutoModelForMaskedLM.from_pretrained(tiny_teacher_dir).eval()
+    reference_teacher = AutoModelForMaskedLM.from_pretrained(tiny_teacher_dir).eval()
+    texts = ["a gripping and wonderfully acted film", "the plot drags but the cast is superb"]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    kept = sorted({*tokenizer.all_special_ids, *batch["input_ids"][0].tolist(), *range(2000, 2100)})
+    vocab = StudentVocab(tuple(kept), len(tokenizer), tokenizer.unk_token_id)  # row 2 has unkept tokens
+    student = cut_student(build_student([1, 4, 64, 128], teacher.config), vocab).eval()
+    distiller = Distiller(ObjectiveConfig(weights={"od": 1.0, "mlm": 1.0}), student, teacher, vocab).eval()
+    masker = DynamicMasker(tokenizer, probability=0.5, replacement_ids=kept)
+    ids, labels = masker(batch["input_ids"], batch["attention_mask"], torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        losses = distiller(ids, batch["attention_mask"], labels)
+        index = VocabIndex(vocab)
+        at = labels != -100
+        z_t = reference_teacher(input_ids=ids, attention_mask=batch["attention_mask"]).logits[at][:, kept]
+        z_s = student(input_ids=index.student_ids(ids), attention_mask=batch["attention_mask"]).logits[at]
+    p_t = z_t.softmax(-1)
+    od = (p_t * (p_t.log() - z_s.log_softmax(-1))).sum(-1).mean()
+    mlm = torch.nn.functional.cross_entropy(z_s, index.student_labels(labels)[at])
+    assert at.sum() > 4 and torch.allclose(losses["od"], od, atol=1e-5)
+    assert torch.allclose(losses["mlm"], mlm, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_ranks_with_loader_workers_train_the_same_pruned_student(
+    tiny_teacher_dir, pruned_shards, tmp_path
+):
+    out = tmp_path / "run"
+    overrides = tiny_overrides(tiny_teacher_dir, pruned_shards[0], out, *PRUNED, "data.num_workers=1")
+    script = tmp_path / "child.py"
+    script.write_text(TRAIN_AND_DUMP_WEIGHTS)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    cmd += [f"--master_port={free_port()}", str(script), json.dumps(overrides)]
+    done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    rank0, rank1 = (torch.load(out / f"weights_rank{r}.pt") for r in (0, 1))
+    vocab = StudentVocab.load(out / "checkpoints" / "step_00000004" / "student")
+    assert rank0["bert.embeddings.word_embeddings.weight"].shape[0] == vocab.size < 2000
+    for name in rank0:
+        torch.testing.assert_close(rank0[name], rank1[name], msg=name)
