@@ -10,8 +10,12 @@ from transformers import AutoConfig, AutoModelForMaskedLM
 
 from pretrain_distill.core.errors import ConfigError
 from pretrain_distill.data.masking import DynamicMasker
+from pretrain_distill.data.prepare import prepare_shards
+from pretrain_distill.data.token_counts import load_token_counts
 from pretrain_distill.models import build_student
+from pretrain_distill.run_config import DataConfig, StudentConfig
 from pretrain_distill.vocab import StudentVocab, VocabIndex, choose_vocab, cut_student, select_kept
+from pretrain_distill.vocab.resolve import always_kept, corpus_vocab
 from pretrain_distill.vocab.selection import sampled_counts
 
 # ids:               0  1  2   3  4  5  6
@@ -150,3 +154,28 @@ def test_init_teacher_keeps_the_teachers_rows_of_the_kept_tokens(tiny_teacher_di
     assert torch.equal(student.get_output_embeddings().bias, teacher.get_output_embeddings().bias[rows])
     assert torch.equal(student.cls.predictions.bias, teacher.cls.predictions.bias[rows])
     assert student.config.pad_token_id == 0 and student.config.vocab_size == 8
+
+
+def test_multilingual_shards_count_each_language_as_often_as_the_run_reads_it(tokenizer, tmp_path):
+    """Real prepared shards in two languages: with alpha = 1 the plain counts; with alpha = 0 the smaller
+    language is read more often, so its rare tokens pass a min_count that they miss at alpha = 1."""
+    german = ["Der Hund läuft schnell über die grüne Wiese nach Hause."] * 3
+    english = [f"the dog runs home across the green meadow number {i}" for i in range(40)]
+    sources = []
+    for language, lines in (("de", german), ("en", english)):
+        path = tmp_path / f"{language}.txt"
+        path.write_text("\n".join(lines) + "\n")
+        sources.append(f"text:{path}#doc=line,language={language}")
+    shards = tmp_path / "shards"
+    manifest = prepare_shards(sources, shards, tokenizer=tokenizer, max_length=16, workers=1, progress=False)
+    counts = load_token_counts(shards, manifest)
+    assert set(counts) == {"de", "en"}
+    student = StudentConfig(vocab="corpus", vocab_min_count=4)
+    plain = corpus_vocab(student, DataConfig(shards=str(shards), language_alpha=1.0), tokenizer, manifest)
+    flat = corpus_vocab(student, DataConfig(shards=str(shards), language_alpha=0.0), tokenizer, manifest)
+    german_only = [i for i in np.flatnonzero(counts["de"] == 3) if counts["en"][i] == 0]
+    assert len(german_only) > 5
+    assert not set(german_only) & set(plain.kept) and set(german_only) <= set(flat.kept)
+    total = counts["de"] + counts["en"]
+    assert list(plain.kept) == sorted({*np.flatnonzero(total >= 4).tolist(), *always_kept(tokenizer)})
+    assert plain.rule["languages"] == ["de", "en"] and flat.rule["language_alpha"] == 0.0
