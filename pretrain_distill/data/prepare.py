@@ -250,7 +250,8 @@ def process_chunk(chunk: Chunk) -> dict[str, Any]:
         shard = _WORKER["out_dir"] / chunk.name
         write_shard(shard, ids, lengths, settings.block_size)
         if settings.count_tokens:
-            save_array(chunk_counts_path(shard), count_tokens(ids, lengths, info["vocab_size"]))
+            counts = count_tokens(ids, lengths, info["vocab_size"], info["pad_id"])
+            save_array(chunk_counts_path(shard), counts)
     first_empty = empty[0] if empty else None
     return {
         "name": chunk.name,

@@ -23,10 +23,11 @@ COUNTS_DIR = "token_counts"
 _CHUNK_SUFFIX = ".counts.npy"
 
 
-def count_tokens(ids: np.ndarray, lengths: np.ndarray, vocab_size: int) -> np.ndarray:
-    """``[2, n]`` (id, count) of the real tokens of packed rows ``ids [rows, T]`` with ``lengths [rows]``."""
-    real = np.arange(ids.shape[1])[None, :] < lengths[:, None]
-    dense = np.bincount(ids[real].astype(np.int64), minlength=vocab_size)
+def count_tokens(ids: np.ndarray, lengths: np.ndarray, vocab_size: int, pad_id: int) -> np.ndarray:
+    """``[2, n]`` (id, count) of the real tokens of packed rows ``ids [rows, T]`` with ``lengths [rows]``
+    (every position past a row's length holds ``pad_id``: counted over the whole array, then taken off)."""
+    dense = np.bincount(ids.ravel(), minlength=vocab_size)
+    dense[pad_id] -= ids.size - int(lengths.sum())
     present = np.flatnonzero(dense)
     return np.stack([present, dense[present]]).astype(np.int64)
 
