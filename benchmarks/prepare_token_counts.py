@@ -60,7 +60,8 @@ def main() -> None:
             "movie sentences (plain text)": f"text:{text}#doc=line",
         }
         print(
-            "| corpus | tokens | token counts | median CPU s | median wall s | tokens per CPU s | CPU ratio |"
+            "| corpus | tokens | token counts | median CPU s (min-max) | median wall s | tokens per CPU s | "
+            "CPU ratio |"
         )
         print("|---|---|---|---|---|---|---|")
         for name, source in corpora.items():
@@ -71,12 +72,12 @@ def main() -> None:
                     runs[count].append((cpu, wall))
             base = statistics.median(c for c, _ in runs[False])
             for count in (False, True):
-                cpu = statistics.median(c for c, _ in runs[count])
-                wall = statistics.median(w for _, w in runs[count])
+                cpus = [c for c, _ in runs[count]]
+                cpu, wall = statistics.median(cpus), statistics.median(w for _, w in runs[count])
                 label = "with" if count else "without"
                 print(
-                    f"| {name} | {tokens:,} | {label} | {cpu:.2f} | {wall:.2f} | {tokens / cpu:,.0f} | "
-                    f"{cpu / base:.3f} |"
+                    f"| {name} | {tokens:,} | {label} | {cpu:.2f} ({min(cpus):.2f}-{max(cpus):.2f}) | "
+                    f"{wall:.2f} | {tokens / cpu:,.0f} | {cpu / base:.3f} |"
                 )
     print()
     print(f"{args.repeats} runs of each, alternating; one worker (all in this process)")
