@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from finetune.report import write_report
 from pretrain_distill.core.assets import ASSETS, resolve_model_path, wikipedia_dump_path
 from pretrain_distill.core.command_line import add_config_arguments
 from pretrain_distill.core.console import quiet_libraries
+from pretrain_distill.core.distributed import require_device
 from pretrain_distill.core.overrides import command_line_overrides
 from pretrain_distill.data import prepare_shards
 from pretrain_distill.engine import train
@@ -303,10 +305,17 @@ def main_job(request: Request) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     quiet_libraries()
+    require_device(args.device, "--device")  # before any work
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     profile = PROFILES[args.profile or ("gpu" if device == "cuda" else "cpu")]
+    if args.profile == "gpu" and device == "cpu":
+        print(
+            "pretrain-distill demo: note: the gpu profile on a CPU takes hours (about 2 on 2 cores); "
+            "the cpu profile takes about 12 minutes",
+            file=sys.stderr,
+        )
     if args.steps:
         profile = dataclasses.replace(profile, distill_steps=args.steps)
     if args.seeds:

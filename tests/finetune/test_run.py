@@ -178,9 +178,9 @@ def test_config_errors():
     with pytest.raises(ConfigError, match="distill.method: expected one of"):
         load_finetune_config(overrides=["distill.method=tinybert"])
     with pytest.raises(ConfigError, match="model: model directory not found"):
-        from finetune.modeling import resolve_model_path
+        from pretrain_distill.core.model_names import find_model
 
-        resolve_model_path("./no/such/model")
+        find_model("./no/such/model", "model")
 
 
 def test_prediction_map_merges_classes():

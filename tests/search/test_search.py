@@ -162,12 +162,12 @@ def test_three_candidate_search_preempted_then_resumed(
     monkeypatch.setattr(MetricsLogger, "log", original)
     capsys.readouterr()
     assert cli.main(_cli_args(tiny_teacher_dir, three_shards, out, CANDIDATES)) == 0
-    printed = capsys.readouterr().out
+    printed, progress = capsys.readouterr()
     state = json.loads((out / "search.json").read_text())
     assert state["candidates"]["L1-A2-H32-F64"] == first  # not re-run, not re-measured
     assert (out / "candidates" / "L1-A2-H32-F64" / "logs" / "metrics.jsonl").read_text() == first_log
     assert [r["step"] for r in read_metrics(second / "logs" / "metrics.jsonl")] == [1, 2, 3, 4]  # resumed
-    assert "done before, kept" in printed
+    assert "done before, kept" in progress and "done before" not in printed  # stdout: the result only
 
     rows = ranked(state)
     assert sorted(r["name"] for r in rows) == sorted(CANDIDATES)
