@@ -186,6 +186,13 @@ def run_cli(
     return _run_guarded(args._run, args, where, debug)
 
 
+def run_script(main: Callable[[], object], prog: str) -> int:
+    """Run a script's ``main()`` (the benchmarks) with the commands' way of failing: one line on stderr,
+    exit 2 for a mistake (a ``ValueError`` such as ``--device cuda`` without a GPU), 1 otherwise."""
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    return _run_guarded(lambda _: main(), argparse.Namespace(), prog, debug)
+
+
 def _run_guarded(
     run: Callable[[argparse.Namespace], int], args: argparse.Namespace, where: str, debug: bool
 ) -> int:

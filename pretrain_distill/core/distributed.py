@@ -99,7 +99,7 @@ def require_device(choice: str, what: str = "device") -> None:
     """Refuse (:class:`ConfigError`, before any work) a ``cuda`` choice on a machine without a GPU;
     ``what`` names the setting in the message."""
     if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{what} cuda: no CUDA device is visible on this machine (use cpu or auto)")
+        raise ConfigError(f"{what} cuda: this machine has no visible CUDA device; choose cpu")
 
 
 def resolve_device(choice: str, local_rank: int) -> torch.device:
