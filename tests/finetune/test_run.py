@@ -183,6 +183,22 @@ def test_config_errors():
         find_model("./no/such/model", "model")
 
 
+def test_runs_are_named_after_the_model_not_its_export_folder():
+    """Every distillation run exports to <run>/export: rows and run directories take the run's name."""
+    from finetune.jobs import model_name, run_name
+
+    assert [model_name(m) for m in ("runs/hs/export", "runs/hs/export/", "runs/my_student", "minilm")] == [
+        "hs",
+        "hs",
+        "my_student",
+        "minilm",
+    ]
+    cfg = load_finetune_config(
+        overrides=["model=runs/rail/export", "distill.teacher=t", "distill.method=rail_c"]
+    )
+    assert run_name(cfg) == "rail-rail_c"
+
+
 def test_prediction_map_merges_classes():
     from finetune.jobs import merge_predictions
     from finetune.tasks import get_task
