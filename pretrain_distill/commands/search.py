@@ -42,7 +42,7 @@ from pathlib import Path
 from pretrain_distill.commands.latency import add_settings_arguments, settings_from_args
 from pretrain_distill.core.command_line import add_config_arguments
 from pretrain_distill.core.console import quiet_libraries
-from pretrain_distill.core.distributed import detect_env
+from pretrain_distill.core.distributed import detect_env, require_device
 from pretrain_distill.core.errors import ConfigError
 from pretrain_distill.core.overrides import command_line_overrides
 from pretrain_distill.search import STATE_FILE, TABLE_FILE, SearchSettings, markdown_table, search
@@ -87,6 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
 
     quiet_libraries()
+    require_device(args.device, "--device")  # before anything is written
     if detect_env().world_size > 1:
         raise ConfigError(
             "search runs in one process (candidates one after the other): launch it without torchrun"

@@ -146,13 +146,39 @@ MISTAKES = (
         ),
     ]
     + [  # a run this machine cannot do is refused before any work
-        (
-            distill_cli,
-            ["demo", "--device", "cuda", "--out", "{tmp}/demo"],
-            2,
-            "--device cuda: this machine has no",
-        )
-        for _ in range(not torch.cuda.is_available())
+        case
+        for case in [
+            (
+                distill_cli,
+                ["demo", "--device", "cuda", "--out", "{tmp}/demo"],
+                2,
+                "--device cuda: this machine",
+            ),
+            (
+                distill_cli,
+                ["search", "--teacher", "minilm", "--shards", "{tmp}/shards", "--candidates", "3L"]
+                + ["--steps", "1", "--device", "cuda", "--out", "{tmp}/search"],
+                2,
+                "--device cuda: this machine has no",
+            ),
+            (
+                finetune_cli,
+                [
+                    "train",
+                    "--model",
+                    "minilm",
+                    "--task",
+                    "movies",
+                    "--device",
+                    "cuda",
+                    "--output-dir",
+                    "{tmp}/ft",
+                ],
+                2,
+                "device cuda: this machine has no",
+            ),
+        ]
+        if not torch.cuda.is_available()
     ]
     + [  # and an unknown option on every command (or first: a missing required argument)
         (cli, [name, "--no-such-option"], 2, "error: ") for cli, name in CASES
