@@ -70,7 +70,7 @@ def test_resolve_device():
     assert resolve_device("cpu", 0) == torch.device("cpu")
     if not torch.cuda.is_available():
         assert resolve_device("auto", 0) == torch.device("cpu")
-        with pytest.raises(ConfigError, match="no CUDA device"):
+        with pytest.raises(ConfigError, match="no visible CUDA device"):
             resolve_device("cuda", 0)
 
 
