@@ -16,7 +16,8 @@ an H100 shared by 3-10 runs), `tiny` (seconds; what the integration test runs).
 the paper's comparison at small scale (docs/results.md). `od` runs as the paper's second stage: from the
 export of the objective listed before it (an HS one), against the teacher with an MLM head fitted
 first (`pretrain-distill fit-mlm-head`, as many steps as the distillation), e.g.
-`--objectives hs_uniform od`.
+`--objectives hs_uniform od`. Preempted (SIGTERM / SIGUSR1) while distilling, it saves a checkpoint and
+exits 75; the same command again continues where it stopped.
 
   pretrain-distill demo                               # or: make demo
   pretrain-distill demo --profile tiny --out runs/demo-tiny
