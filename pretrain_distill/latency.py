@@ -17,9 +17,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, BertConfig
 
 from pretrain_distill.core.assets import resolve_model_path
+from pretrain_distill.core.console import loading_quietly
+from pretrain_distill.core.distributed import require_device
 from pretrain_distill.core.errors import ConfigError
 from pretrain_distill.export.onnx import export_onnx, quantize_int8, session
 from pretrain_distill.models import PRESETS, StudentSpec, encoder_parameter_count, spec_of
@@ -51,8 +54,7 @@ class LatencySettings:
                 raise ConfigError(f"latency {name} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise ConfigError(f"latency warmup must be >= 0, got {self.warmup}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("latency device cuda: no CUDA device is available")
+        require_device(self.device, "latency device")
 
 
 @dataclass(frozen=True)
@@ -142,8 +144,9 @@ def measure_runners(runners: Sequence[Callable[[], Any]], settings: LatencySetti
     machine hits all of them alike instead of the one measured at the time."""
     sync = torch.cuda.synchronize if settings.device == "cuda" else (lambda: None)
     times: list[list[float]] = [[] for _ in runners]
+    rounds = tqdm(range(settings.warmup + settings.repeats), desc="latency", unit="round", leave=False)
     with torch_threads(settings.threads), torch.inference_mode():
-        for round_ in range(settings.warmup + settings.repeats):
+        for round_ in rounds:  # the bar (stderr) updates between rounds, outside the timed forwards
             for run, out in zip(runners, times):
                 sync()
                 start = time.perf_counter()
@@ -194,7 +197,8 @@ def build_model(target: str, teacher: str) -> nn.Module:
             student_config(spec, teacher_config(teacher)), attn_implementation="sdpa"
         )
     if (Path(target) / "config.json").is_file():
-        return AutoModel.from_pretrained(target, attn_implementation="sdpa")
+        with loading_quietly():  # its bare encoder is timed: an MLM head in the directory is not read
+            return AutoModel.from_pretrained(target, attn_implementation="sdpa")
     raise ConfigError(
         f"model {target!r}: not a preset (6L-DistilBERT, 6L, 4L, 3L), a shape L,A,H,F or a model "
         "directory with a config.json"

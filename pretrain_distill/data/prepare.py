@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import queue as queue_module
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -27,8 +28,8 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
-from pretrain_distill.core.assets import resolve_model_path
 from pretrain_distill.core.files import atomic_write_json
+from pretrain_distill.core.model_names import find_model
 from pretrain_distill.core.seeds import numpy_rng
 from pretrain_distill.data import readers
 from pretrain_distill.data.errors import CorruptInput, DataError
@@ -107,7 +108,7 @@ class Job:
 def tokenizer_info(tokenizer: Any) -> tuple[dict[str, Any], str]:
     """``(manifest entry, backend JSON)`` of a Hugging Face fast tokenizer or a path / ``"minilm"``."""
     if isinstance(tokenizer, (str, Path)):
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(str(tokenizer)))
+        tokenizer = AutoTokenizer.from_pretrained(find_model(str(tokenizer), "tokenizer"))
     if not getattr(tokenizer, "is_fast", False):
         raise DataError(f"tokenizer {tokenizer.name_or_path!r} is not a fast (Rust) tokenizer")
     backend = tokenizer.backend_tokenizer.to_str()
@@ -158,8 +159,10 @@ def read_unit(
 
     Documents go to per-(split, language) chunks; a chunk is emitted as soon as it holds
     ``shard_chars`` characters and the partial ones at the end of the unit, so memory is bounded by
-    one unit's open chunks. Held-out documents are drawn with a generator seeded by (seed, unit).
-    ``report`` gets the input bytes read since its last call.
+    one unit's open chunks. Held-out documents are drawn with a generator seeded by (seed, unit); with
+    a validation fraction the first document of the first unit is held out whatever its draw, so that
+    a small corpus and a small fraction still hold something out. ``report`` gets the input bytes read
+    since its last call.
     """
     context = readers.CONTEXT
     context.bytes_read, context.bad = 0, []
@@ -169,8 +172,9 @@ def read_unit(
     chunks: dict[tuple[str, str], Chunk] = {}
     count = 0
     try:
-        for doc in iter_unit_documents(job.unit):
-            split = VALIDATION if fraction and held_out.random() < fraction else "train"
+        for position, doc in enumerate(iter_unit_documents(job.unit)):
+            first = job.number == 0 and position == 0
+            split = VALIDATION if fraction and (held_out.random() < fraction or first) else "train"
             chunk = chunks.get((split, doc.language))
             if chunk is None:
                 chunk = chunks[split, doc.language] = Chunk(job.number, count, doc.language, split)
@@ -392,7 +396,13 @@ def _write_manifests(
     manifest["totals"]["bad_input"] = len(bad_input)
     if settings.count_tokens:
         manifest["token_counts"] = _merge_counts(out, manifest, settings)
-    if held:
+    if held and not sum(r["sequences"] for r in held):
+        log.warning(
+            "prepare: the held-out documents hold no text after cleaning: no validation split "
+            "(hold out more with a larger --validation-fraction, or give --validation-source)"
+        )
+        shutil.rmtree(out / VALIDATION)
+    elif held:
         validation = _manifest(settings, held, seconds, workers)
         for shard in validation["shards"]:
             shard["name"] = shard["name"].removeprefix(f"{VALIDATION}/")

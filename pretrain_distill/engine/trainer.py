@@ -19,7 +19,6 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from pretrain_distill.core.assets import resolve_model_path
 from pretrain_distill.core.config_loading import save_config, to_dict
 from pretrain_distill.core.distributed import (
     DistEnv,
@@ -31,9 +30,10 @@ from pretrain_distill.core.distributed import (
     launcher_env_scope,
     resolve_device,
 )
-from pretrain_distill.core.errors import ConfigError
+from pretrain_distill.core.errors import ConfigError, RunStopped
 from pretrain_distill.core.lr_schedule import build_lr_scheduler
 from pretrain_distill.core.metrics_log import MetricsLogger
+from pretrain_distill.core.model_names import find_model
 from pretrain_distill.core.seeds import derive_seed
 from pretrain_distill.data import DynamicMasker, build_dataloader
 from pretrain_distill.data.manifest import check_tokenizer, load_manifest
@@ -51,13 +51,11 @@ from pretrain_distill.run_config import RunConfig
 from pretrain_distill.vocab import cut_student, run_vocab
 
 
-class Preempted(RuntimeError):
-    """A preemption signal arrived; a checkpoint was saved and the run stopped (resume to continue)."""
+class Preempted(RunStopped):
+    """A preemption signal arrived; a checkpoint was saved and the run stopped (the CLI exits 75)."""
 
     def __init__(self, signal_name: str, checkpoint: Path) -> None:
-        super().__init__(
-            f"{signal_name} received: saved {checkpoint}; rerun with train.resume=auto to continue"
-        )
+        super().__init__(f"{signal_name} received: saved {checkpoint}; rerun the same command to continue")
         self.checkpoint = checkpoint
 
 
@@ -197,9 +195,11 @@ class Trainer:
         """Tokenizer, training stream (checked against the tokenizer), the student's vocabulary (pruned or
         not), masker and validation batches."""
         cfg = self.cfg
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            resolve_model_path(cfg.teacher.tokenizer or cfg.teacher.path)
+        teacher = find_model(cfg.teacher.path, "teacher.path")  # named in the error when missing
+        tokenizer = (
+            find_model(cfg.teacher.tokenizer, "teacher.tokenizer") if cfg.teacher.tokenizer else teacher
         )
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         self.loader = build_dataloader(
             cfg.data, cfg.train.micro_batch_size, self.dist.rank, self.dist.world_size, cfg.train.seed
         )

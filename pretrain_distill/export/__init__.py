@@ -28,6 +28,7 @@ from pretrain_distill.models.students import encoder_parameter_count
 
 FORMATS = ("transformers", "sentence-transformers", "onnx")
 QUANTIZE = ("int8",)
+EXPORT_DIR = "export"  # a run's default export: <run_dir>/export
 _MARKER = "distill_config.yaml"  # every export holds it: an existing directory with it may be replaced
 
 
@@ -72,7 +73,7 @@ def export_run(
     if quantize is not None and (quantize not in QUANTIZE or fmt != "onnx"):
         raise ValueError(f"--quantize {quantize}: only --quantize int8, with --format onnx")
     source = resolve_source(run_dir, checkpoint)
-    out = Path(out) if out is not None else source.run_dir / "export"
+    out = Path(out) if out is not None else source.run_dir / EXPORT_DIR
     _check_out(out, source)
     head_trained = mlm_head_trained(source.config)
     with_mlm_head = _keep_mlm_head(fmt, with_mlm_head, head_trained)
