@@ -1,7 +1,7 @@
 """What a pruned student vocabulary (student.vocab=corpus) saves on your corpus, before training:
 
   pretrain-distill vocab configs/experiments/minilm_3l_minilmv2.yaml data.shards=runs/shards/wiki
-  pretrain-distill vocab teacher.path=xlm-roberta-base data.shards=runs/shards/cc100-de \
+  pretrain-distill vocab teacher.path=xlm-roberta-base data.shards=runs/shards/cc100-de \\
       student.preset=3L student.vocab_coverage=0.9999
 
 Reads the run config (YAML files and overrides, as `train` does; student.vocab is taken as corpus),

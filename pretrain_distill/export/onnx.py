@@ -31,6 +31,7 @@ from transformers import AutoTokenizer
 
 from pretrain_distill.core.files import atomic_write_json
 from pretrain_distill.export.encoder import student_model, write_tokenizer
+from pretrain_distill.export.source import ExportSource
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_quantized.onnx"  # Optimum's name for a quantized copy
@@ -62,7 +63,7 @@ CHECK_TEXTS = (
 )
 
 
-def write_onnx_format(source: Any, out: Path, quantize: bool) -> nn.Module:
+def write_onnx_format(source: ExportSource, out: Path, quantize: bool) -> nn.Module:
     """The ``onnx`` export format: ``model.onnx`` (+ ``model_quantized.onnx``), the config, the tokenizer
     (rewritten for a pruned vocabulary) and ``onnx_report.json`` (agreement with PyTorch on a padded
     batch). Refuses to finish when the fp32 graph disagrees with PyTorch beyond :data:`FP32_TOLERANCE`."""
