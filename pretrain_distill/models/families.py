@@ -385,15 +385,16 @@ def sliding_window_layers(config: PretrainedConfig) -> tuple[int, ...]:
     return tuple(i for i, t in enumerate(getattr(config, field, None) or (), start=1) if t == kind)
 
 
-def student_config(
+def derived_config(
     family: Family,
-    shape: dict[str, int],
+    changes: dict[str, int],
     teacher_config: PretrainedConfig,
     token_ids: dict[str, int] | None = None,
 ) -> PretrainedConfig:
-    """The config of a ``family`` student with ``shape`` (shape field -> value).
+    """The config of a ``family`` model derived from a teacher's with ``changes`` (field -> value: a student's
+    shape, a layerless copy's depth).
 
-    Of the teacher's family: the teacher's config (its model type kept) with the new shape. Of another family
+    Of the teacher's family: the teacher's config (its model type kept) with the changes. Of another family
     (sharing the teacher's tokenizer): the family's defaults with the teacher's vocabulary, positions and
     special-token ids (``token_ids``, from the tokenizer, win over the teacher config's); a default id
     outside the vocabulary is dropped. Then the family's own fields (:attr:`Family.write_config`).
@@ -411,7 +412,7 @@ def student_config(
             outside = isinstance(value, int) and not 0 <= value < values["vocab_size"]
             if name.endswith("_token_id") and name not in values and outside:
                 values[name] = None
-    values.update(shape)
+    values.update(changes)
     if family.write_config is not None:
         family.write_config(values, teacher_config)
     return CONFIG_MAPPING[values.pop("model_type")].from_dict(values)

@@ -29,11 +29,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from pretrain_distill.models import families
 from pretrain_distill.models.families import (
     Family,
     attention_implementation,
     base_model,
+    derived_config,
     detect_family,
     encoder_layers,
     family_for_model_type,
@@ -110,12 +110,10 @@ def student_config(
     token_ids: dict[str, int] | None = None,
 ) -> PretrainedConfig:
     """The config of a student of shape ``spec`` in ``family`` (default: the teacher's), sharing the
-    teacher's vocabulary (see :func:`pretrain_distill.models.families.student_config`)."""
+    teacher's vocabulary (see :func:`pretrain_distill.models.families.derived_config`)."""
     spec = resolve_spec(spec)
     chosen = student_family(family, teacher_config)
-    return families.student_config(
-        chosen, dict(zip(chosen.shape_fields, spec.as_list())), teacher_config, token_ids
-    )
+    return derived_config(chosen, dict(zip(chosen.shape_fields, spec.as_list())), teacher_config, token_ids)
 
 
 def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
@@ -181,9 +179,15 @@ def copy_from_teacher(
             if not with_head and not key.startswith(s_prefix):
                 continue
             t_key = _teacher_key(key, s_prefix, t_prefix, family.layers, teacher_layers)
-            if t_key in source and source[t_key].shape == tensor.shape:
-                tensor.copy_(source[t_key])
-                copied.add(id(tensor))
+            if t_key not in source:
+                continue
+            if source[t_key].shape != tensor.shape:
+                raise ValueError(
+                    f"cannot copy teacher {t_key} {list(source[t_key].shape)} into student {key} "
+                    f"{list(tensor.shape)}"
+                )
+            tensor.copy_(source[t_key])
+            copied.add(id(tensor))
     return [name for name, p in student.named_parameters() if id(p) not in copied]
 
 
