@@ -106,7 +106,7 @@ def _eurobert_config(values: dict[str, Any], teacher: PretrainedConfig) -> None:
         getattr(teacher, "num_attention_heads", heads),
         getattr(teacher, "num_key_value_heads", None),
     )
-    group = t_heads // t_kv if t_kv and teacher.model_type == "eurobert" else 1
+    group = t_heads // t_kv if t_kv else 1
     values["num_key_value_heads"] = heads // group if heads % group == 0 else heads
 
 
@@ -116,8 +116,7 @@ def _deberta_config(values: dict[str, Any], teacher: PretrainedConfig) -> None:
 
 def _electra_config(values: dict[str, Any], teacher: PretrainedConfig) -> None:
     """Factorised embeddings only when the teacher factorises its own (ELECTRA-small: 128 -> 256)."""
-    factorised = teacher.model_type == "electra" and teacher.embedding_size != teacher.hidden_size
-    if not factorised:
+    if getattr(teacher, "embedding_size", teacher.hidden_size) == teacher.hidden_size:
         values["embedding_size"] = values["hidden_size"]
 
 

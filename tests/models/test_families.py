@@ -8,6 +8,7 @@ unknown architectures)."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -357,3 +358,47 @@ def test_unknown_architectures_are_one_line_errors_naming_the_families():
         family_for_model_type("modernbrt")
     with pytest.raises(UnsupportedArchitectureError, match="did you mean 'deberta-v2'"):
         build_student("3L", tiny_family_config("bert"), family="deberta")
+
+
+# ------------------------------------------------------------------------------------ docs/models.md
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "models.md"
+
+
+def support_matrix() -> str:
+    """The support matrix of docs/models.md, rendered from the family entries (every claim in it is run
+    end to end per family by tests/e2e/test_families.py)."""
+
+    def code(names) -> str:
+        return " -> ".join(f"`{n}`" for n in names)
+
+    lines = [
+        "| family | model types | teacher | student | HS | MiniLMv2, DirectMiniLM | OD: MLM head chain | "
+        "attention | Q/K/V | layout notes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for f in FAMILIES:
+        qkv = f"`{f.layers}[i].{f.qkv.holder}.{{{','.join(f.qkv.projections)}}}`"
+        notes = [f"pre-LN, final norm `{f.final_norm}`" if f.final_norm else "post-LN"]
+        notes += [f"hidden state 0 after `{f.embeddings[0]}`" if len(f.embeddings) > 1 else ""]
+        notes += [f"layer 1 after `{f.first_layer_output}` if present" if f.first_layer_output else ""]
+        notes += ["fused Q/K/V" if len(f.qkv.projections) == 1 else ""]
+        notes += [
+            "rotary Q/K" if f.qkv.rotary_argument else "",
+            "grouped K/V" if f.qkv.kv_heads_field else "",
+        ]
+        notes += ["sliding-window layers" if f.sliding_window else ""]
+        relations = "global layers only" if f.sliding_window else "yes"
+        lines.append(
+            f"| {f.name} | {', '.join(f'`{t}`' for t in f.model_types)} | yes | yes | yes | {relations} | "
+            f"{code(f.mlm_head)} | {', '.join(f.attention)} | {qkv} | {', '.join(x for x in notes if x)} |"
+        )
+    return "\n".join(lines)
+
+
+def test_docs_support_matrix_is_the_family_table():
+    text = DOCS.read_text()
+    start, end = "<!-- support-matrix: tests/models/test_families.py -->\n", "\n<!-- /support-matrix -->"
+    assert start in text and end in text, "docs/models.md lost its support-matrix markers"
+    documented = text.split(start, 1)[1].split(end, 1)[0]
+    assert documented == support_matrix(), "docs/models.md: paste support_matrix() between the markers"
