@@ -1,7 +1,7 @@
 """Inference latency of students and teacher (``pretrain-distill latency``, whose ``--help`` says how it is
 measured): models built from presets, shapes ``L,A,H,F`` (either after a family, ``modernbert:3L``) or
-model directories, timed interleaved, each
-with its ratio to the teacher, as a Markdown table beside the paper's Table 1."""
+model directories, timed interleaved, each with its ratio to the teacher, as a Markdown table beside the
+paper's Table 1."""
 
 from __future__ import annotations
 

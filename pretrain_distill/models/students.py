@@ -119,17 +119,14 @@ def student_config(
 def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     """The special-token ids a student config records, from the tokenizer it shares with the teacher
     (bos / eos default to the tokenizer's [CLS] / [SEP], as in ModernBERT's and EuroBERT's configs)."""
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     ids = {
         "pad_token_id": tokenizer.pad_token_id,
-        "cls_token_id": tokenizer.cls_token_id,
-        "sep_token_id": tokenizer.sep_token_id,
+        "cls_token_id": cls,
+        "sep_token_id": sep,
         "mask_token_id": tokenizer.mask_token_id,
-        "bos_token_id": tokenizer.bos_token_id
-        if tokenizer.bos_token_id is not None
-        else tokenizer.cls_token_id,
-        "eos_token_id": tokenizer.eos_token_id
-        if tokenizer.eos_token_id is not None
-        else tokenizer.sep_token_id,
+        "bos_token_id": cls if tokenizer.bos_token_id is None else tokenizer.bos_token_id,
+        "eos_token_id": sep if tokenizer.eos_token_id is None else tokenizer.eos_token_id,
     }
     return {k: v for k, v in ids.items() if v is not None}
 
@@ -163,7 +160,8 @@ def copy_from_teacher(
     """Copy into ``student`` every base-model tensor of ``teacher`` outside its layer list (embeddings,
     DeBERTa's ``rel_embeddings``, final norms, ELECTRA's ``embeddings_project``, ...), teacher layer
     ``teacher_layers[i]`` (1-based) into student layer ``i``, and with ``with_head`` the task head too.
-    Same family and widths (checked by the caller). Returns the student parameters left as they were."""
+    Same family and widths (a tensor of another shape is an error). Returns the student parameters left as
+    they were (new)."""
     family = detect_family(student)
     if detect_family(teacher) is not family:
         raise ValueError(
