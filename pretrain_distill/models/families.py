@@ -110,8 +110,24 @@ def _eurobert_config(values: dict[str, Any], teacher: PretrainedConfig) -> None:
     values["num_key_value_heads"] = heads // group if heads % group == 0 else heads
 
 
+#: DeBERTa-v3's relative attention (its hub configs), for a DeBERTa student of a teacher of another family.
+DEBERTA_V3_ATTENTION = {
+    "relative_attention": True,
+    "pos_att_type": ["p2c", "c2p"],
+    "share_att_key": True,
+    "position_buckets": 256,
+    "max_relative_positions": -1,
+    "position_biased_input": False,
+    "norm_rel_ebd": "layer_norm",
+}
+
+
 def _deberta_config(values: dict[str, Any], teacher: PretrainedConfig) -> None:
-    values["pooler_hidden_size"] = values["hidden_size"]  # DeBERTa's default does not follow hidden_size
+    """DeBERTa-v3's relative attention unless the teacher (a DeBERTa) has its own settings; the pooler
+    width follows the student's (DeBERTa's default does not follow hidden_size)."""
+    for key, value in DEBERTA_V3_ATTENTION.items():
+        values.setdefault(key, value)
+    values["pooler_hidden_size"] = values["hidden_size"]
 
 
 def _electra_config(values: dict[str, Any], teacher: PretrainedConfig) -> None:

@@ -265,6 +265,10 @@ def test_eurobert_student_keeps_the_teachers_kv_grouping():
 def test_deberta_and_electra_students_fit_their_width():
     deberta = build_student([2, 2, 32, 48], tiny_family_config("deberta-v2"), with_mlm_head=False)
     assert deberta.config.pooler_hidden_size == 32
+    assert deberta.config.position_buckets == 8  # the teacher's relative attention, kept
+    of_bert = build_student([2, 2, 32, 48], tiny_family_config("bert"), family="deberta-v2").config
+    assert of_bert.relative_attention and of_bert.position_buckets == 256  # DeBERTa-v3's, not v2's defaults
+    assert not of_bert.position_biased_input
     electra_teacher = tiny_family_config("electra")  # factorised: 32 -> 64
     assert build_student([2, 2, 48, 48], electra_teacher).config.embedding_size == 32
     plain = build_student([2, 2, 48, 48], tiny_family_config("bert"), family="electra")
