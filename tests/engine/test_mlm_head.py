@@ -57,6 +57,13 @@ def test_fits_only_the_head_and_loads_as_an_od_teacher(headless_teacher, one_bat
 #: The head chain each family trains (a decoder tied to the input embeddings stays frozen).
 HEADS = {
     "modernbert": ["decoder.bias", "head.dense.weight", "head.norm.weight"],
+    "deberta-v2": [
+        "cls.predictions.bias",
+        "cls.predictions.transform.LayerNorm.bias",
+        "cls.predictions.transform.LayerNorm.weight",
+        "cls.predictions.transform.dense.bias",
+        "cls.predictions.transform.dense.weight",
+    ],
     "electra": [
         "generator_lm_head.bias",
         "generator_predictions.LayerNorm.bias",
@@ -69,7 +76,8 @@ HEADS = {
 
 @pytest.mark.parametrize("model_type", sorted(HEADS))
 def test_fits_head_chains_of_other_families(model_type, one_batch_shards, tmp_path, tokenizer):
-    """A headless ModernBERT, or an ELECTRA discriminator (no generator head): refused for OD, then fitted."""
+    """A headless ModernBERT, a DeBERTa-v3 (trained without an MLM head) or an ELECTRA discriminator (no
+    generator head): refused for OD, then fitted."""
     from tests.models.conftest import tiny_family_config
 
     torch.manual_seed(0)
