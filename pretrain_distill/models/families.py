@@ -5,7 +5,8 @@ chain; how Q/K/V are computed (three ``nn.Linear`` or one fused one, grouped K/V
 embeddings applied after the projections); which attention implementations it allows; which layers use
 sliding-window attention; which config fields hold its shape and how to write a student config of any
 shape. Taps, truncation, student building, init-from-teacher, export, latency and fine-tuning read these
-entries; adding a family is one entry (and its tiny-config test in ``tests/models/test_families.py``).
+entries; adding a family is one entry (and its tiny config in ``tests/models/conftest.py``, which every
+per-family test then runs).
 
 **Hidden state of layer L** (the same in every family, and the convention of the model's own
 ``output_hidden_states``): 0 is what enters the first Transformer layer (the embedding output, after
