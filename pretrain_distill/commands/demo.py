@@ -54,7 +54,7 @@ from pretrain_distill.export import export_run
 from pretrain_distill.export.encoder import exported_form
 from pretrain_distill.latency import LatencySettings, latency_rows
 from pretrain_distill.mlm_head import fit_mlm_head
-from pretrain_distill.models import build_student, spec_from_config
+from pretrain_distill.models import build_student, spec_from_config, special_token_ids
 from pretrain_distill.plot import plot_run
 from pretrain_distill.run_config import RunConfig, load_run_config
 from pretrain_distill.vocab import StudentVocab, cut_student, save_tokenizer
@@ -163,7 +163,13 @@ def random_init_student(cfg: RunConfig, out: Path, distilled: Path) -> Path:
     encoder, identity pooler, the ``distilled`` export's tokenizer): the no-distillation baseline."""
     teacher = resolve_model_path(cfg.teacher.path)
     torch.manual_seed(cfg.train.seed)
-    student = build_student(spec_from_config(cfg.student), AutoConfig.from_pretrained(teacher))
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    student = build_student(
+        spec_from_config(cfg.student),
+        AutoConfig.from_pretrained(teacher),
+        family=cfg.student.family,
+        token_ids=special_token_ids(tokenizer),
+    )
     vocab = StudentVocab.load(distilled)
     if vocab is not None:
         cut_student(student, vocab)
