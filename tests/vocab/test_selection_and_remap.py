@@ -3,6 +3,9 @@ restricted distribution, masking's replacements, and the cut student equal to th
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +20,13 @@ from pretrain_distill.run_config import DataConfig, StudentConfig
 from pretrain_distill.vocab import StudentVocab, VocabIndex, choose_vocab, cut_student, select_kept
 from pretrain_distill.vocab.resolve import always_kept, corpus_vocab
 from pretrain_distill.vocab.selection import sampled_counts
+
+#: tests/models/conftest.py: the tiny config of every supported family.
+_SPEC = importlib.util.spec_from_file_location(
+    "models_conftest", Path(__file__).parents[1] / "models" / "conftest.py"
+)
+MODELS = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(MODELS)
 
 # ids:               0  1  2   3  4  5  6
 COUNTS = np.array([5, 0, 3, 10, 1, 0, 7])  # sum 26; the special token 0 covers 5
@@ -94,25 +104,18 @@ def test_masking_replaces_only_with_kept_tokens(tokenizer):
     assert len(set(replaced.tolist())) > 40  # drawn over the whole kept set
 
 
-@pytest.mark.parametrize("model_type", ["bert", "roberta", "distilbert"])
+@pytest.mark.parametrize("model_type", MODELS.MODEL_TYPES)
 def test_a_cut_student_equals_the_full_one_on_kept_tokens(model_type):
-    vocab_size = 300
-    if model_type == "distilbert":
-        config = AutoConfig.for_model(
-            model_type, vocab_size=vocab_size, dim=32, n_layers=1, n_heads=2, hidden_dim=64
-        )
-    else:
-        config = AutoConfig.for_model(
-            model_type, vocab_size=vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-            intermediate_size=64, max_position_embeddings=40, pad_token_id=1,
-        )  # fmt: skip
+    """Every family: the cut student on remapped ids gives the full one's logits at the kept tokens."""
+    vocab_size = 101
+    config = MODELS.tiny_family_config(model_type, vocab_size=vocab_size, layers=1)
     torch.manual_seed(0)
     full = AutoModelForMaskedLM.from_config(config).eval()
-    kept = tuple([0, 1, 2, 3, *range(10, 300, 3)])
+    kept = tuple([0, 1, 2, 3, *range(10, vocab_size, 3)])
     vocab = StudentVocab(kept, vocab_size, teacher_unk=3)
     cut = cut_student(_copy(full), vocab).eval()
     assert cut.config.vocab_size == len(kept) and cut.get_input_embeddings().weight.shape[0] == len(kept)
-    ids = torch.tensor([list(kept[4:20]), list(kept[30:46])])
+    ids = torch.tensor([list(kept[4:20]), list(kept[19:35])])
     mask = torch.ones_like(ids)
     mask[1, 10:] = 0
     ids[1, 10:] = config.pad_token_id
@@ -121,8 +124,13 @@ def test_a_cut_student_equals_the_full_one_on_kept_tokens(model_type):
         expected = full(input_ids=ids, attention_mask=mask).logits[..., list(kept)]
         got = cut(input_ids=student_ids, attention_mask=mask).logits
     assert torch.allclose(got, expected, atol=1e-5)
-    head = cut.get_output_embeddings()
-    assert head.weight.data_ptr() == cut.get_input_embeddings().weight.data_ptr()  # still tied
+
+    def tied(model) -> bool:
+        return (
+            model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+        )
+
+    assert tied(cut) == tied(full)  # tied weights stay tied (EuroBERT's are not)
 
 
 def _copy(model):
