@@ -59,6 +59,15 @@ def pruned_run(tiny_teacher_dir, pruned_shards, tmp_path_factory):
     return train(tiny_config(tiny_teacher_dir, shards, out, *PRUNED), on_end=end_of_run)
 
 
+def test_the_start_up_summary_tells_the_pruned_vocabulary(tiny_teacher_dir, pruned_shards, tmp_path, capsys):
+    argv = ["train", *tiny_overrides(tiny_teacher_dir, pruned_shards[0], tmp_path / "run"), *PRUNED]
+    assert cli.main([*argv, "train.max_steps=1", "train.export=false"]) == 0
+    vocab = StudentVocab.load(tmp_path / "run" / "checkpoints" / "step_00000001" / "student")
+    share = 100 * vocab.stats["unknown_share"]
+    line = f"vocab      {vocab.size:,} of the teacher's 30,522 tokens kept; {share:.3f}% of the corpus tokens"
+    assert line in capsys.readouterr().out
+
+
 def test_the_run_trains_a_student_of_the_kept_tokens(pruned_run, pruned_shards, tokenizer):
     shards, manifest = pruned_shards
     vocab = StudentVocab.load(pruned_run / "checkpoints" / "step_00000004" / "student")
