@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer
 
 from pretrain_distill.core.assets import resolve_model_path
 from pretrain_distill.core.config_loading import save_config, to_dict
@@ -34,7 +33,10 @@ from pretrain_distill.core.distributed import (
 from pretrain_distill.core.errors import ConfigError
 from pretrain_distill.core.lr_schedule import build_lr_scheduler
 from pretrain_distill.core.metrics_log import MetricsLogger
+from pretrain_distill.core.rank_watch import RankWatch, watching_ranks
+from pretrain_distill.core.run_lock import lock_output_dir
 from pretrain_distill.core.seeds import derive_seed
+from pretrain_distill.core.tokenizer_loading import load_tokenizer
 from pretrain_distill.data import DynamicMasker, build_dataloader
 from pretrain_distill.data.manifest import check_tokenizer, load_manifest
 from pretrain_distill.engine.checkpoint import CheckpointStore, set_aside
@@ -165,19 +167,35 @@ class _Marks:
 
 
 class Trainer:
-    """One distillation run; :func:`train` is the entry point."""
+    """One distillation run; :func:`train` is the entry point.
 
-    def __init__(self, cfg: RunConfig) -> None:
+    ``watch`` (a :class:`RankWatch`) starts watching the other ranks as soon as the process group
+    exists. The output directory is locked (rank 0) from before anything is written to the end of
+    :meth:`fit` (:meth:`close`).
+    """
+
+    def __init__(self, cfg: RunConfig, watch: RankWatch | None = None) -> None:
         self.cfg = cfg
         self.dist: DistEnv = detect_env()
         self.device = resolve_device(cfg.train.device, self.dist.local_rank)
         ds_config = build_deepspeed_config(cfg.train, self.dist.world_size, self.device)
         init_distributed(self.dist, self.device)
+        if watch is not None:
+            watch.start()
         self._find_checkpoint(ds_config)
         self._load_inputs()  # cheap, and where the usual mistakes are: before the models
-        self._build_distiller()
-        self._build_engine(ds_config)
-        self._start_or_resume()
+        self.lock = lock_output_dir(cfg.train.output_dir, "train", self.dist)
+        try:
+            self._build_distiller()
+            self._build_engine(ds_config)
+            self._start_or_resume()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Give up the output directory's lock (the run is over, or failed); idempotent."""
+        self.lock.release()
 
     def _find_checkpoint(self, ds_config: dict[str, Any]) -> None:
         """The checkpoint this run continues (``train.resume``), checked to belong to the same run."""
@@ -193,9 +211,8 @@ class Trainer:
     def _load_inputs(self) -> None:
         """Tokenizer, training stream (checked against the tokenizer), masker and validation batches."""
         cfg = self.cfg
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            resolve_model_path(cfg.teacher.tokenizer or cfg.teacher.path)
-        )
+        teacher = resolve_model_path(cfg.teacher.path)
+        self.tokenizer = load_tokenizer(resolve_model_path(cfg.teacher.tokenizer) or teacher, teacher)
         self.loader = build_dataloader(
             cfg.data, cfg.train.micro_batch_size, self.dist.rank, self.dist.world_size, cfg.train.seed
         )
@@ -452,6 +469,7 @@ class Trainer:
         finally:
             progress.close()
             logger.close()
+            self.close()
         barrier()
         return self.run_dir
 
@@ -532,9 +550,10 @@ def train(cfg: RunConfig, on_end: Callable[[Path], object] | None = None) -> Pat
     Raises :class:`Preempted` after saving a checkpoint on SIGTERM / SIGUSR1, and
     :class:`NonFiniteLossError` when non-finite losses exceed ``train.nan_skip_budget``.
     """
-    # Signal handlers go in before the slow start-up, so no preemption signal is lost.
-    with launcher_env_scope(), PreemptionFlag() as preemption:
-        trainer = Trainer(cfg)
+    # Signal handlers go in before the slow start-up, so no preemption signal is lost; the watch turns
+    # the failure another rank's death causes here into one line naming that rank.
+    with launcher_env_scope(), PreemptionFlag() as preemption, watching_ranks(detect_env()) as watch:
+        trainer = Trainer(cfg, watch)
         if trainer.dist.is_main:
             print(trainer_summary(trainer), flush=True)
         run_dir = trainer.fit(preemption)

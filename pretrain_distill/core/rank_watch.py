@@ -1,0 +1,215 @@
+"""Faults of one rank: when another rank of the job dies (kill -9, out of memory, its node lost), this
+rank stops in bounded time with one line naming it, instead of hanging in a collective until its
+timeout (NCCL: 30 minutes) or failing with a transport message that names only an address (gloo).
+
+Every rank registers its host and process id in the job's rendezvous store and beats there once a
+second from a daemon thread, which also watches the others. A rank is gone when it never said it
+finished and either its process no longer exists (ranks on this host: known at once) or its beat has
+not moved for ``DISTILL_RANK_TIMEOUT`` seconds (default 30; ranks on other hosts); the store itself
+becoming unreachable means its host (rank 0, or the launcher) is gone.
+
+- A collective that fails (gloo raises as soon as a peer's connection closes) ends in
+  :meth:`RankWatch.explain`: it waits for the verdict and turns the error into :class:`RankLostError`,
+  or keeps it when every peer is alive or ended on an error of its own (that rank says why).
+- A collective that hangs (NCCL) is ended by the thread: once it finds a rank gone and the main thread
+  has not reported it within a few seconds, it prints the line and ends the process (exit code 1).
+
+torchrun also stops the other workers when one dies (SIGTERM, then SIGKILL) and names the failed rank
+in its summary; this covers launchers that do not (``srun``, processes started by hand).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from pretrain_distill.core.distributed import DistEnv
+
+TIMEOUT_ENV = "DISTILL_RANK_TIMEOUT"
+DEFAULT_TIMEOUT = 30.0  # seconds without a beat after which a rank on another host is gone
+INTERVAL = 1.0  # seconds between two beats
+EXIT_RANK_LOST = 1
+
+
+class RankLostError(RuntimeError):
+    """Another rank of the job is gone; the message names it."""
+
+
+def _host() -> str:
+    """This machine: host name and boot id (two containers may share a host name)."""
+    boot = Path("/proc/sys/kernel/random/boot_id")
+    return f"{socket.gethostname()}/{boot.read_text().strip() if boot.is_file() else ''}"
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return state not in ("Z", "X")
+
+
+class RankWatch:
+    """Beats for this rank and watches the others (see the module docstring); inert for one process."""
+
+    def __init__(self, env: DistEnv, timeout: float | None = None) -> None:
+        self.env = env
+        self.timeout = timeout if timeout is not None else float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
+        self._prefix = f"distill/ranks/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+        self._store: torch.distributed.Store | None = None
+        self._peers: dict[int, dict] = {}  # rank -> {"host", "pid", "beat", "seen"}
+        self._lock = threading.Lock()
+        self._claimed = False  # the lost rank has been reported (by the main thread or the watcher)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _key(self, kind: str, rank: int) -> str:
+        return f"{self._prefix}{kind}/{rank}"
+
+    def start(self) -> RankWatch:
+        """Register this rank, read the others' registrations and start beating (idempotent)."""
+        if self.env.world_size == 1 or self._thread is not None:
+            return self
+        self._store = torch.distributed.TCPStore(
+            self.env.master_addr,
+            self.env.master_port,
+            is_master=False,
+            timeout=timedelta(seconds=max(self.timeout, 10.0)),
+        )
+        me = {"host": _host(), "pid": os.getpid()}
+        self._store.set(self._key("who", self.env.rank), json.dumps(me))
+        now = time.monotonic()
+        for rank in range(self.env.world_size):
+            if rank != self.env.rank:
+                who = json.loads(self._store.get(self._key("who", rank)))
+                local = who["host"] == me["host"]
+                self._peers[rank] = {
+                    "pid": who["pid"] if local else None,
+                    "beat": -1,
+                    "seen": now,
+                    "who": who,
+                }
+        self._thread = threading.Thread(target=self._run, name="rank-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, failed: bool = False) -> None:
+        """Say this rank ended (on an error of its own when ``failed``), then stop beating."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        with contextlib.suppress(Exception):  # the store may be gone with its host
+            self._store.set(self._key("done", self.env.rank), "error" if failed else "ok")
+        self._thread = None
+
+    # ------------------------------------------------------------------------------------ verdicts
+
+    def _lost(self) -> tuple[str, bool] | None:
+        """A line naming the gone rank(s) and whether that is certain (a process seen dead, a beat silent
+        for the timeout) rather than a store that stopped answering (its host may have ended normally);
+        None while every peer is alive or ended on its own."""
+        try:
+            now, gone = time.monotonic(), []
+            for rank, peer in self._peers.items():
+                if self._store.check([self._key("done", rank)]):
+                    continue
+                beat = self._store.add(self._key("beat", rank), 0)
+                if beat != peer["beat"]:
+                    peer["beat"], peer["seen"] = beat, now
+                host = peer["who"]["host"].split("/")[0]
+                if peer["pid"] is not None and not _process_alive(peer["pid"]):
+                    gone.append(f"rank {rank} (pid {peer['pid']} on {host}) has died")
+                elif now - peer["seen"] > self.timeout:
+                    gone.append(f"rank {rank} (on {host}) has not been heard from for {self.timeout:g} s")
+        except Exception as err:  # any store failure: its host is gone
+            return (
+                f"the job's rendezvous store at {self.env.master_addr}:{self.env.master_port} is unreachable "
+                f"({type(err).__name__}): the process hosting it (rank 0 or the launcher) is gone",
+                False,
+            )
+        if not gone:
+            return None
+        line = f"{'; '.join(gone)}: rank {self.env.rank} stops too; rerun the same command to resume"
+        return line + " from the last complete checkpoint", True
+
+    def _claim(self) -> bool:
+        with self._lock:
+            first, self._claimed = not self._claimed, True
+            return first
+
+    def _run(self) -> None:
+        """The daemon thread: beat, watch; end the process if a rank is gone and nobody reported it."""
+        lost_since: float | None = None
+        while not self._stop.wait(INTERVAL):
+            try:
+                self._store.add(self._key("beat", self.env.rank), 1)
+            except Exception:  # reported by _lost below
+                pass
+            with self._lock:
+                claimed = self._claimed
+            verdict = None if claimed else self._lost()
+            if verdict is None:
+                lost_since = None
+                continue
+            line, certain = verdict
+            lost_since = lost_since or time.monotonic()
+            # The main thread usually learns of it from a failing collective and reports it itself; a
+            # store that stopped answering may be a rank 0 that ended normally a moment before us.
+            if time.monotonic() - lost_since >= (3 * INTERVAL if certain else self.timeout) and self._claim():
+                print(f"error: {line}", file=sys.stderr, flush=True)
+                os._exit(EXIT_RANK_LOST)
+
+    def explain(self, error: BaseException) -> BaseException:
+        """``error`` as :class:`RankLostError` when another rank turns out to be gone (waiting up to the
+        timeout for its beat), else ``error`` itself. Marks this rank as ended on an error."""
+        if self._thread is None:
+            return error
+        with contextlib.suppress(Exception):
+            self._store.set(self._key("done", self.env.rank), "error")
+        deadline = time.monotonic() + self.timeout + 2 * INTERVAL
+        baseline = {rank: peer["beat"] for rank, peer in self._peers.items()}
+        while True:
+            verdict = self._lost()
+            if verdict is not None:
+                return RankLostError(verdict[0]) if self._claim() else error
+            alive = all(
+                peer["beat"] != baseline[rank] or self._store.check([self._key("done", rank)])
+                for rank, peer in self._peers.items()
+            )
+            if alive or time.monotonic() > deadline:
+                return error
+            time.sleep(INTERVAL / 4)
+
+
+@contextlib.contextmanager
+def watching_ranks(env: DistEnv) -> Iterator[RankWatch]:
+    """Watch the other ranks for the block (call ``start()`` once the process group exists); an error
+    inside it that another rank's death caused leaves as :class:`RankLostError`."""
+    watch = RankWatch(env)
+    try:
+        yield watch
+    except Exception as err:
+        explained = watch.explain(err)
+        watch.stop(failed=True)
+        if explained is err:
+            raise
+        raise explained from err
+    watch.stop()
