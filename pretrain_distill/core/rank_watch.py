@@ -74,11 +74,12 @@ class RankWatch:
         self.timeout = timeout if timeout is not None else float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
         self._prefix = f"distill/ranks/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
         self._store: torch.distributed.Store | None = None
-        self._peers: dict[int, dict] = {}  # rank -> {"host", "pid", "beat", "seen"}
+        self._peers: dict[int, dict] = {}  # rank -> {"who", "pid" (on this host), "beat", "seen", "done"}
         self._lock = threading.Lock()
         self._claimed = False  # the lost rank has been reported (by the main thread or the watcher)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._store_dead = False
 
     def _key(self, kind: str, rank: int) -> str:
         return f"{self._prefix}{kind}/{rank}"
@@ -100,12 +101,8 @@ class RankWatch:
             if rank != self.env.rank:
                 who = json.loads(self._store.get(self._key("who", rank)))
                 local = who["host"] == me["host"]
-                self._peers[rank] = {
-                    "pid": who["pid"] if local else None,
-                    "beat": -1,
-                    "seen": now,
-                    "who": who,
-                }
+                pid = who["pid"] if local else None
+                self._peers[rank] = {"pid": pid, "beat": -1, "seen": now, "who": who, "done": False}
         self._thread = threading.Thread(target=self._run, name="rank-watch", daemon=True)
         self._thread.start()
         return self
@@ -116,39 +113,62 @@ class RankWatch:
             return
         self._stop.set()
         self._thread.join()
-        with contextlib.suppress(Exception):  # the store may be gone with its host
-            self._store.set(self._key("done", self.env.rank), "error" if failed else "ok")
+        self._say_done("error" if failed else "ok")
         self._thread = None
+
+    # ------------------------------------------------------------------------------------ the store
+
+    def _store_op(self, op: str, *args):
+        """One store call; None once the store has failed (its host is gone: no call is tried again,
+        each would print torch's warning)."""
+        if self._store_dead:
+            return None
+        try:
+            return getattr(self._store, op)(*args)
+        except Exception:  # any failure of the store: its host is gone
+            self._store_dead = True
+            return None
+
+    def _say_done(self, how: str) -> None:
+        self._store_op("set", self._key("done", self.env.rank), how)
+
+    def _done(self, rank: int) -> bool:
+        """Whether ``rank`` said it ended (remembered: a rank that said so never comes back)."""
+        peer = self._peers[rank]
+        peer["done"] = peer["done"] or bool(self._store_op("check", [self._key("done", rank)]))
+        return peer["done"]
 
     # ------------------------------------------------------------------------------------ verdicts
 
     def _lost(self) -> tuple[str, bool] | None:
         """A line naming the gone rank(s) and whether that is certain (a process seen dead, a beat silent
-        for the timeout) rather than a store that stopped answering (its host may have ended normally);
-        None while every peer is alive or ended on its own."""
-        try:
-            now, gone = time.monotonic(), []
-            for rank, peer in self._peers.items():
-                if self._store.check([self._key("done", rank)]):
-                    continue
-                beat = self._store.add(self._key("beat", rank), 0)
-                if beat != peer["beat"]:
-                    peer["beat"], peer["seen"] = beat, now
+        for the timeout) rather than a store that stopped answering (its host may have ended normally a
+        moment ago); None while every peer is alive or ended on its own. Processes on this host are
+        checked first, without the store (it may have died with one of them)."""
+        now, gone = time.monotonic(), []
+        for rank, peer in self._peers.items():
+            host = peer["who"]["host"].split("/")[0]
+            if not peer["done"] and peer["pid"] is not None and not _process_alive(peer["pid"]):
+                gone.append(f"rank {rank} (pid {peer['pid']} on {host}) has died")
+        for rank, peer in self._peers.items():
+            if gone or self._done(rank):
+                continue
+            beat = self._store_op("add", self._key("beat", rank), 0)
+            if beat is not None and beat != peer["beat"]:
+                peer["beat"], peer["seen"] = beat, now
+            if not self._store_dead and now - peer["seen"] > self.timeout:
                 host = peer["who"]["host"].split("/")[0]
-                if peer["pid"] is not None and not _process_alive(peer["pid"]):
-                    gone.append(f"rank {rank} (pid {peer['pid']} on {host}) has died")
-                elif now - peer["seen"] > self.timeout:
-                    gone.append(f"rank {rank} (on {host}) has not been heard from for {self.timeout:g} s")
-        except Exception as err:  # any store failure: its host is gone
+                gone.append(f"rank {rank} (on {host}) has not been heard from for {self.timeout:g} s")
+        if gone:
+            line = f"{'; '.join(gone)}: rank {self.env.rank} stops too; rerun the same command to resume"
+            return line + " from the last complete checkpoint", True
+        if self._store_dead:
             return (
-                f"the job's rendezvous store at {self.env.master_addr}:{self.env.master_port} is unreachable "
-                f"({type(err).__name__}): the process hosting it (rank 0 or the launcher) is gone",
+                f"the job's rendezvous store at {self.env.master_addr}:{self.env.master_port} stopped "
+                "answering: the process hosting it (rank 0 or the launcher) is gone",
                 False,
             )
-        if not gone:
-            return None
-        line = f"{'; '.join(gone)}: rank {self.env.rank} stops too; rerun the same command to resume"
-        return line + " from the last complete checkpoint", True
+        return None
 
     def _claim(self) -> bool:
         with self._lock:
@@ -159,44 +179,40 @@ class RankWatch:
         """The daemon thread: beat, watch; end the process if a rank is gone and nobody reported it."""
         lost_since: float | None = None
         while not self._stop.wait(INTERVAL):
-            try:
-                self._store.add(self._key("beat", self.env.rank), 1)
-            except Exception:  # reported by _lost below
-                pass
             with self._lock:
                 claimed = self._claimed
             verdict = None if claimed else self._lost()
             if verdict is None:
                 lost_since = None
+                self._store_op("add", self._key("beat", self.env.rank), 1)
                 continue
             line, certain = verdict
             lost_since = lost_since or time.monotonic()
             # The main thread usually learns of it from a failing collective and reports it itself; a
             # store that stopped answering may be a rank 0 that ended normally a moment before us.
             if time.monotonic() - lost_since >= (3 * INTERVAL if certain else self.timeout) and self._claim():
-                print(f"error: {line}", file=sys.stderr, flush=True)
+                print(f"error: {RankLostError.__name__}: {line}", file=sys.stderr, flush=True)
                 os._exit(EXIT_RANK_LOST)
 
     def explain(self, error: BaseException) -> BaseException:
         """``error`` as :class:`RankLostError` when another rank turns out to be gone (waiting up to the
-        timeout for its beat), else ``error`` itself. Marks this rank as ended on an error."""
+        timeout for its beat), else ``error`` itself. Tells the others this rank ended on an error."""
         if self._thread is None:
             return error
-        with contextlib.suppress(Exception):
-            self._store.set(self._key("done", self.env.rank), "error")
         deadline = time.monotonic() + self.timeout + 2 * INTERVAL
         baseline = {rank: peer["beat"] for rank, peer in self._peers.items()}
-        while True:
-            verdict = self._lost()
-            if verdict is not None:
-                return RankLostError(verdict[0]) if self._claim() else error
+        verdict = self._lost()
+        if verdict is None:  # (a dead rank may have hosted the store: no call to it then)
+            self._say_done("error")
+        while verdict is None:
             alive = all(
-                peer["beat"] != baseline[rank] or self._store.check([self._key("done", rank)])
-                for rank, peer in self._peers.items()
+                peer["beat"] != baseline[rank] or self._done(rank) for rank, peer in self._peers.items()
             )
             if alive or time.monotonic() > deadline:
                 return error
             time.sleep(INTERVAL / 4)
+            verdict = self._lost()
+        return RankLostError(verdict[0]) if self._claim() else error
 
 
 @contextlib.contextmanager
