@@ -273,6 +273,16 @@ def per_device_batch(cfg: FinetuneConfig, world: int) -> int:
     return cfg.batch_size // parts
 
 
+def wraparound_repeats(examples: int, cfg: FinetuneConfig, world: int) -> int:
+    """Examples trained twice per epoch on ``world`` ranks: the last uneven round of micro-batches is
+    completed with examples from the epoch's start (accelerate's ``even_batches``), so that every rank
+    takes the same number of steps; one process just takes a smaller last batch."""
+    if world == 1:
+        return 0
+    per_round = per_device_batch(cfg, world) * world
+    return -examples % per_round
+
+
 def deepspeed_config(cfg: FinetuneConfig) -> dict | None:
     """The DeepSpeed JSON (relative to ``configs/`` or the cwd) with its batch / clipping left to the
     Trainer ("auto"); ZeRO-3 is rejected (best-epoch selection reloads full weights)."""

@@ -35,6 +35,7 @@ from finetune.hf_trainer import (
     resume_checkpoint,
     trainer_arguments,
     uses_cpu,
+    wraparound_repeats,
 )
 from finetune.metrics import metric_values, task_score
 from finetune.model_card import model_card
@@ -228,6 +229,7 @@ def metrics_record(
         "steps": result.steps,
         "world_size": detect_env().world_size,
         "train_examples": outcome.train_examples,
+        "train_repeats_per_epoch": wraparound_repeats(outcome.train_examples, cfg, detect_env().world_size),
         "train_seconds": round(outcome.seconds, 2),
         "eval": {
             k: metric_values(spec.metrics, *predict(trainer, ds), spec.is_regression)
