@@ -183,7 +183,8 @@ def _train_seed(
             model_dir = run_dir / "model"
             objective.export().save_pretrained(model_dir)  # load_classifier reads it back
             tokenizer.save_pretrained(model_dir)
-            (model_dir / "README.md").write_text(model_card(metrics, spec.labels))
+            card = model_card(metrics, spec.labels, full_paths=cfg.card_paths == "full")
+            (model_dir / "README.md").write_text(card)
         atomic_write_json(run_dir / "metrics.json", metrics)
     return run_dir
 

@@ -20,7 +20,9 @@ from safetensors.torch import load_file
 
 from finetune.finetune_config import ConfigError, load_finetune_config
 from finetune.jobs import run
+from finetune.model_card import model_card
 from pretrain_distill.core.metrics_log import read_metrics
+from pretrain_distill.core.public_paths import public_text
 from pretrain_distill.core.run_lock import OutputDirInUseError
 
 from .conftest import sentence, tiny_classifier
@@ -297,9 +299,36 @@ def test_bf16_eval_steps_logs_and_model_card(tmp_path, task_files, no_dropout_en
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
     assert list((run_dir / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     card = (run_dir / "model" / "README.md").read_text()
-    assert f"base_model: {no_dropout_encoder}" in card and "seed: 1" in card
+    assert f"base_model: {no_dropout_encoder.name}" in card and "seed: 1" in card  # its folder's name
     assert f"| dev | accuracy | {metrics['eval']['dev']['accuracy']:.4f} |" in card
-    assert metrics["command"] in card
+    assert public_text(metrics["command"]) in card
+    assert str(no_dropout_encoder.parent) not in card and str(tmp_path) not in card
+
+
+def test_the_fine_tuning_card_names_paths_by_their_folder_unless_asked(tmp_path):
+    metrics = {
+        "method": "pkd",
+        "teacher": str(tmp_path / "models" / "teacher-sst2"),
+        "model": str(tmp_path / "runs" / "distill" / "export"),
+        "run_name": "export-pkd",
+        "task": "sst2",
+        "seed": 1,
+        "train_examples": 10,
+        "steps": 3,
+        "world_size": 1,
+        "select": "last",
+        "selected_epoch": 3,
+        "selected_step": 3,
+        "eval": {"dev": {"accuracy": 0.5}},
+        "ood": {},
+        "command": f"finetune distill --teacher {tmp_path}/models/teacher-sst2 --student {tmp_path}/runs/distill/export",
+    }
+    card = model_card(metrics, ("negative", "positive"))
+    assert str(tmp_path) not in card
+    assert "base_model: export" in card and "from `teacher-sst2`" in card
+    assert "finetune distill --teacher teacher-sst2 --student export" in card
+    full = model_card(metrics, ("negative", "positive"), full_paths=True)
+    assert f"base_model: {tmp_path}/runs/distill/export" in full and metrics["command"] in full
 
 
 def test_progress_bars_print_evaluation_lines_not_log_dicts(tmp_path, task_files, no_dropout_encoder, capsys):
