@@ -37,6 +37,8 @@ import torch.nn.functional as F
 import transformers
 from transformers import BertConfig, BertForMaskedLM
 
+from pretrain_distill.core.command_line import run_script
+from pretrain_distill.core.distributed import require_device
 from pretrain_distill.models import PRESETS, build_student
 from pretrain_distill.objectives import Distiller, output_distribution_loss
 from pretrain_distill.run_config import ObjectiveConfig
@@ -270,6 +272,7 @@ def measure(step: Callable, args: argparse.Namespace, dtype: torch.dtype) -> tup
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    require_device(args.device, "--device")  # the GPU defaults on a CPU: refused before any work
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[
@@ -323,4 +326,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main, "distill_throughput.py"))  # a mistake: one line, exit 2

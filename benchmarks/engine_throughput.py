@@ -46,7 +46,8 @@ import transformers
 from transformers import AutoTokenizer, BertForMaskedLM
 
 from pretrain_distill.core.assets import teacher_path, wikipedia_dump_path
-from pretrain_distill.core.distributed import launcher_env_scope
+from pretrain_distill.core.command_line import run_script
+from pretrain_distill.core.distributed import launcher_env_scope, require_device
 from pretrain_distill.engine.signals import PreemptionFlag
 from pretrain_distill.engine.trainer import Trainer
 from pretrain_distill.models import PRESETS, build_student
@@ -235,6 +236,7 @@ def _versions() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    require_device(args.device, "--device")  # the GPU defaults on a CPU: refused before any work
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
     levers = [name for name in args.levers.split(",") if name]
@@ -279,4 +281,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main, "engine_throughput.py"))  # a mistake: one line, exit 2

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What the offline GPU machine ran for docs/benchmarks.md and docs/results.md, from the repository root
-# with .carry/ beside the code (../shared/offline-gpu/README.md; `bash ../shared/offline-gpu/make_carry.sh`
+# with .carry/ beside the code (docs/offline-gpu.md; `bash benchmarks/make_carry.sh`
 # fills .carry/whl and .carry/teacher; `carry-data` below puts the Wikipedia dump and the movie sentences
 # into .carry/data). Results go under $OUT (default runs/gpu).
 #

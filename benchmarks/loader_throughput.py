@@ -25,6 +25,7 @@ import platform
 import re
 import resource
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ import webdataset
 from torch.utils.data import DataLoader, IterableDataset
 
 from pretrain_distill.core.assets import teacher_path, wikipedia_dump_path
+from pretrain_distill.core.command_line import run_script
 from pretrain_distill.data.prepare import available_cpus, prepare_shards
 from pretrain_distill.data.stream import build_dataloader
 from pretrain_distill.data.wikipedia import read_wikipedia_dump
@@ -144,6 +146,11 @@ def naive_forever(passages: list[str], batch_size: int, max_length: int) -> Iter
     yield from DataLoader(RawText(passages), batch_size=batch_size, collate_fn=collate, num_workers=0)
 
 
+def progress(step: int, steps: int, what: str) -> None:
+    """One line on stderr per measurement: the run takes minutes, the table comes at the end."""
+    print(f"loader_throughput: [{step}/{steps}] {what}", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -165,7 +172,9 @@ def main() -> None:
         parts = split_dump(dump, work / "split", 8)
         preparations = [(f"wikipedia:{parts}", w, "wiki markup") for w in sorted({1, 2, args.workers})]
         one_worker = None
+        steps = len(preparations) + 4  # + plain text and the three stream rows
         for source, workers, what in preparations + [(f"text:{plain}#language=en", 1, "plain text")]:
+            progress(len(rows) + 1, steps, f"prepare {what}, {workers} worker(s)")
             out = work / f"prepared-{len(rows)}"
             seconds, cpu, tokens = time_prepare(source, out, workers, args.max_length)
             one_worker = one_worker or seconds
@@ -186,6 +195,7 @@ def main() -> None:
             ),
         }
         for name, batches in runs.items():
+            progress(len(rows) + 1, steps, f"{name}, {args.seconds:g} s")
             elapsed, sequences, tokens = time_batches(batches, args.seconds)
             rows.append((name, sequences / elapsed, tokens / elapsed, f"{sequences} seqs"))
     finally:
@@ -212,4 +222,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main, "loader_throughput.py"))  # a mistake: one line, exit 2

@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from pretrain_distill.core.command_line import run_script
+from pretrain_distill.core.distributed import require_device
 from pretrain_distill.objectives.relations import (
     DEFAULT_CHUNK_ELEMENTS,
     _check_inputs,
@@ -169,6 +171,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    require_device(args.device, "--device")
     cuda = args.device == "cuda"
     args.batch = args.batch or (128 if cuda else 8)
     args.seq = args.seq or 256
@@ -226,4 +229,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main, "relation_loss_memory.py"))  # a mistake: one line, exit 2

@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from pretrain_distill.core.assets import wikipedia_dump_path
-from pretrain_distill.core.distributed import launcher_env_scope
+from pretrain_distill.core.command_line import run_script
+from pretrain_distill.core.distributed import launcher_env_scope, require_device
 from pretrain_distill.core.metrics_log import read_metrics
 from pretrain_distill.data.prepare import prepare_shards
 from pretrain_distill.engine.signals import PreemptionFlag
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32")
     args = parser.parse_args(argv)
+    require_device(args.device, "--device")  # before preparing anything
     defaults = TrainConfig()
     work = Path(tempfile.mkdtemp(prefix="val-cost-"))
     shards = work / "shards"
@@ -100,4 +102,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main, "validation_cost.py"))  # a mistake: one line, exit 2

@@ -46,7 +46,13 @@ from pretrain_distill.core.checkpoint_trust import (
     verify_checkpoint,
 )
 from pretrain_distill.core.config_loading import CONFIG_ROOT, to_dict
-from pretrain_distill.core.distributed import barrier, detect_env, export_rank_env, init_distributed
+from pretrain_distill.core.distributed import (
+    barrier,
+    detect_env,
+    export_rank_env,
+    init_distributed,
+    require_device,
+)
 from pretrain_distill.core.lr_schedule import build_lr_scheduler
 from pretrain_distill.core.metrics_log import MetricsLogger
 
@@ -242,8 +248,7 @@ class CompleteMarker(TrainerCallback):
 
 def uses_cpu(cfg: FinetuneConfig) -> bool:
     """Whether ``cfg.device`` means the CPU (``auto`` without CUDA); ``cuda`` without a GPU is an error."""
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise FinetuneInputError("device: cuda but no CUDA device is visible (use device auto or cpu)")
+    require_device(cfg.device)
     return cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
 
 

@@ -39,16 +39,18 @@ from finetune.hf_trainer import (
 )
 from finetune.metrics import metric_values, task_score
 from finetune.model_card import model_card
-from finetune.modeling import init_from_teacher_layers, load_classifier, load_tokenizer, resolve_model_path
+from finetune.modeling import init_from_teacher_layers, load_classifier, load_tokenizer
 from finetune.objectives import FinetuneObjective, TaskDistiller
 from finetune.tasks import TaskData, TaskSpec, load_eval_set, load_task_data
 from finetune.tokenization import encode, limit
 from pretrain_distill.core.config_loading import save_config, to_dict
 from pretrain_distill.core.distributed import detect_env
 from pretrain_distill.core.files import atomic_write_json
+from pretrain_distill.core.model_names import find_model
 from pretrain_distill.core.rank_watch import RankWatch, watching_ranks
 from pretrain_distill.core.run_identity import check_same_run, saved_config
 from pretrain_distill.core.run_lock import lock_output_dir
+from pretrain_distill.export import EXPORT_DIR
 
 
 def default_epochs(spec: TaskSpec, multilingual: bool) -> float:
@@ -56,8 +58,16 @@ def default_epochs(spec: TaskSpec, multilingual: bool) -> float:
     return 10.0 if spec.name == "cola" and multilingual else spec.epochs
 
 
+def model_name(model: str) -> str:
+    """A model's name in run directories and report rows: its directory's name, or for a distillation
+    run's default export (``<run_dir>/export``) the run's (``runs/hs/export`` -> ``hs``)."""
+    path = Path(model.rstrip("/"))
+    return path.parent.name if path.name == EXPORT_DIR and path.parent.name else path.name
+
+
 def run_name(cfg: FinetuneConfig) -> str:
-    name = cfg.run_name or Path(cfg.model.rstrip("/")).name
+    """``run_name``, by default the model's name (+ ``-<method>`` for task distillation)."""
+    name = cfg.run_name or model_name(cfg.model)
     return name if cfg.run_name or not cfg.distill.teacher else f"{name}-{cfg.distill.method}"
 
 
@@ -106,11 +116,11 @@ def check_inputs(cfg: FinetuneConfig) -> None:
     """What can fail before training, checked before anything is written: the model, tokenizer and
     teacher directories, the DeepSpeed config, the global batch against the ranks (data: in
     :func:`load_inputs`)."""
-    resolve_model_path(cfg.model, "model")
+    find_model(cfg.model, "model")
     if cfg.tokenizer:
-        resolve_model_path(cfg.tokenizer, "tokenizer")
+        find_model(cfg.tokenizer, "tokenizer")
     if cfg.distill.teacher:
-        resolve_model_path(cfg.distill.teacher, "distill.teacher")
+        find_model(cfg.distill.teacher, "distill.teacher")
     per_device_batch(cfg, detect_env().world_size)
     deepspeed_config(cfg)
     uses_cpu(cfg)

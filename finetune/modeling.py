@@ -8,9 +8,7 @@ by ILD-RTC with a student narrower than its teacher loads as an :class:`RTCClass
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,21 +17,11 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from finetune.finetune_config import FinetuneInputError
 from finetune.tasks import TaskSpec
-from pretrain_distill.core.assets import resolve_model_path as resolve_asset
+from pretrain_distill.core.assets import resolve_model_path
+from pretrain_distill.core.console import loading_quietly
 from pretrain_distill.core.tokenizer_loading import load_tokenizer as checked_tokenizer
 from pretrain_distill.models.families import encoder_layers
-
-
-def resolve_model_path(name: str, key: str = "model") -> str:
-    """``"minilm"`` -> the embedded teacher directory; a local path must exist (else a
-    :class:`FinetuneInputError` naming the config ``key``); anything else (a hub id) unchanged."""
-    name = resolve_asset(name)
-    local = name.startswith((".", "/", "~")) or Path(name).parent != Path(".")
-    if local and not Path(name).expanduser().is_dir():
-        raise FinetuneInputError(f"{key}: model directory not found: {name}")
-    return name
 
 
 def load_tokenizer(path: str, model: str | None = None):
@@ -68,26 +56,8 @@ def load_classifier(path: str, spec: TaskSpec) -> PreTrainedModel | RTCClassifie
         raise ValueError(
             f"{path} is a classifier with {config.num_labels} labels, task {spec.name} has {spec.num_labels}"
         )
-    with _quiet_loading():
+    with loading_quietly():  # the new head's initialisation is expected
         return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
-
-
-@contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Encoder-only checkpoints lack the head: its fresh initialisation is expected, not worth a warning.
-    (transformers also runs a tensor-parallel plan check, which warns for every plain model, whenever its
-    loading logger is at WARNING or above: that logger is quieted too.) Levels are restored after."""
-    loggers = [
-        logging.getLogger(f"transformers.{n}") for n in ("modeling_utils", "distributed.tensor_parallel")
-    ]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 def classification_head(model: PreTrainedModel) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -168,7 +138,7 @@ class RTCClassifier(nn.Module):
         state = load_file(str(path / RTC_PROJECTOR))
         projector = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
         projector.load_state_dict(state)
-        with _quiet_loading():
+        with loading_quietly():  # the new head's initialisation is expected
             student = AutoModelForSequenceClassification.from_pretrained(path)
         teacher_head = AutoModelForSequenceClassification.from_pretrained(path / RTC_TEACHER_HEAD)
         return cls(student, projector, teacher_head.eval().requires_grad_(False))

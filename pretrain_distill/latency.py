@@ -13,9 +13,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, BertConfig
 
 from pretrain_distill.core.assets import resolve_model_path
+from pretrain_distill.core.console import loading_quietly
+from pretrain_distill.core.distributed import require_device
 from pretrain_distill.core.errors import ConfigError
 from pretrain_distill.models import PRESETS, StudentSpec, encoder_parameter_count, spec_of
 from pretrain_distill.models.students import student_config
@@ -45,8 +48,7 @@ class LatencySettings:
                 raise ConfigError(f"latency {name} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise ConfigError(f"latency warmup must be >= 0, got {self.warmup}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("latency device cuda: no CUDA device is available")
+        require_device(self.device, "latency device")
 
 
 @dataclass(frozen=True)
@@ -109,8 +111,9 @@ def measure_latencies(
     models = [model.to(settings.device).eval() for model in models]
     sync = torch.cuda.synchronize if settings.device == "cuda" else (lambda: None)
     times: list[list[float]] = [[] for _ in models]
+    rounds = tqdm(range(settings.warmup + settings.repeats), desc="latency", unit="round", leave=False)
     with torch_threads(settings.threads), torch.inference_mode():
-        for round_ in range(settings.warmup + settings.repeats):
+        for round_ in rounds:  # the bar (stderr) updates between rounds, outside the timed forwards
             for model, x, out in zip(models, inputs, times):
                 sync()
                 start = time.perf_counter()
@@ -161,7 +164,8 @@ def build_model(target: str, teacher: str) -> nn.Module:
             student_config(spec, teacher_config(teacher)), attn_implementation="sdpa"
         )
     if (Path(target) / "config.json").is_file():
-        return AutoModel.from_pretrained(target, attn_implementation="sdpa")
+        with loading_quietly():  # its bare encoder is timed: an MLM head in the directory is not read
+            return AutoModel.from_pretrained(target, attn_implementation="sdpa")
     raise ConfigError(
         f"model {target!r}: not a preset (6L-DistilBERT, 6L, 4L, 3L), a shape L,A,H,F or a model "
         "directory with a config.json"

@@ -20,9 +20,10 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModelForMaskedLM
 
-from pretrain_distill.core.assets import resolve_model_path
+from pretrain_distill.core.console import loading_quietly
 from pretrain_distill.core.distributed import resolve_device
 from pretrain_distill.core.lr_schedule import build_lr_scheduler
+from pretrain_distill.core.model_names import find_model
 from pretrain_distill.core.tokenizer_loading import load_tokenizer
 from pretrain_distill.data import DynamicMasker, build_dataloader
 from pretrain_distill.data.manifest import check_tokenizer
@@ -117,11 +118,12 @@ def fit_mlm_head(
         raise ValueError(f"steps, batch_size and lr must be positive, got {steps}, {batch_size}, {lr}")
     torch.manual_seed(seed)
     dev = resolve_device(device, 0)
-    path = resolve_model_path(teacher)
+    path = find_model(teacher, "teacher")
     tokenizer = load_tokenizer(path)
     loader = build_dataloader(DataConfig(shards=shards, num_workers=1), batch_size, 0, 1, seed)
     check_tokenizer(loader.dataset.manifest, tokenizer)  # the inputs before the (slow) model
-    model = AutoModelForMaskedLM.from_pretrained(path).to(dev)
+    with loading_quietly():  # the head this command fits is missing: that is the point
+        model = AutoModelForMaskedLM.from_pretrained(path).to(dev)
     mlm_head_module(model)  # a clear error before any training for a head this cannot fit
     start = time.time()
     history = _train_head(model, loader, DynamicMasker(tokenizer), steps, lr, dev, seed)

@@ -17,7 +17,7 @@ from pretrain_distill.core.distributed import launcher_env_scope
 from pretrain_distill.core.errors import ConfigError
 from pretrain_distill.core.files import atomic_write_json
 from pretrain_distill.data.manifest import MANIFEST, load_manifest
-from pretrain_distill.engine.evaluate import evaluate, load_validation_batches
+from pretrain_distill.engine.evaluate import VALIDATION_DIR, evaluate, load_validation_batches
 from pretrain_distill.engine.signals import PreemptionFlag
 from pretrain_distill.engine.trainer import Trainer
 from pretrain_distill.latency import (
@@ -131,10 +131,14 @@ def _write_view(manifest: dict[str, Any], entries: list[dict[str, Any]], source:
 
 
 def split_shards(shards: str, val_shards: str | None, holdout: int, out: Path) -> tuple[str, str]:
-    """``(train_dir, val_dir)``: ``val_shards`` as given with all of ``shards`` for training, or the last
-    ``holdout`` shards of ``shards`` held out (written as manifest views under ``out``)."""
+    """``(train_dir, val_dir)``: ``val_shards`` (by default the held-out split ``prepare`` wrote under
+    ``shards``, when there is one) with all of ``shards`` for training, or else the last ``holdout``
+    shards of ``shards`` held out (written as manifest views under ``out``)."""
 
     manifest = load_manifest(shards)
+    prepared_split = Path(shards) / VALIDATION_DIR
+    if not val_shards and (prepared_split / MANIFEST).is_file():
+        val_shards = str(prepared_split)
     if val_shards:
         val_tok = load_manifest(val_shards)["tokenizer"].get("sha256")
         if val_tok != manifest["tokenizer"].get("sha256"):
@@ -144,7 +148,8 @@ def split_shards(shards: str, val_shards: str | None, holdout: int, out: Path) -
     if not 1 <= holdout < len(entries):
         raise ConfigError(
             f"--holdout {holdout}: {shards} has {len(entries)} shard(s), so at least one must stay for "
-            "training and one be held out; prepare more shards (--shard-chars) or give --val-shards"
+            "training and one be held out; prepare them with --validation-fraction F (a held-out split), "
+            "prepare more shards (--shard-chars) or give --val-shards"
         )
     source = Path(shards)
     train_dir = _write_view(manifest, entries[:-holdout], source, out / "train")
@@ -319,12 +324,12 @@ def search(settings: SearchSettings, candidate_texts: Sequence[str], out: Path) 
     train_dir, val_dir = split_shards(settings.shards, settings.val_shards, settings.holdout, out / "data")
     for i, candidate in enumerate(candidates, start=1):
         if candidate.key in state["candidates"]:
-            print(f"search: [{i}/{len(candidates)}] {candidate.name}: done before, kept", flush=True)
+            print(f"search: [{i}/{len(candidates)}] {candidate.name}: done before, kept", file=sys.stderr)
             continue
         run_dir = out / "candidates" / candidate.key
         print(
             f"search: [{i}/{len(candidates)}] {candidate.name}: {settings.steps} HS steps in {run_dir}",
-            flush=True,
+            file=sys.stderr,
         )
         cfg = run_config(settings, train_dir, run_dir, candidate)
         losses = distill_and_validate(cfg, val_dir, settings.val_batches)

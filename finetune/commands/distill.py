@@ -6,9 +6,9 @@ frozen teacher classifier, uniform mapping, KL at T = 10). Loss weights: distill
 distill.kd_weight, distill.layer_weight, distill.temperature (defaults per method, docs/finetune.md).
 
 Examples:
-  finetune distill --teacher runs/finetune/sst2/minilm/seed1/model --student runs/distill/export \
+  finetune distill --teacher runs/finetune/sst2/minilm/seed1/model --student runs/distill/export \\
       --task sst2 --method rail_c --data-dir glue_data
-  finetune distill configs/finetune/distill_ild_rtc.yaml --teacher T --student S --task mrpc \
+  finetune distill configs/finetune/distill_ild_rtc.yaml --teacher T --student S --task mrpc \\
       distill.layer_weight=500 distill.ce_weight=0.2
 """
 

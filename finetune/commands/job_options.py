@@ -13,6 +13,7 @@ import argparse
 from finetune.finetune_config import FinetuneConfig
 from finetune.jobs import print_run_dirs, run
 from pretrain_distill.core.command_line import add_config_arguments, add_config_option, config_from_args
+from pretrain_distill.core.console import quiet_libraries
 
 METHODS = ["vanilla", "pkd", "rail_l", "rail_c", "ild_rtc"]
 
@@ -46,7 +47,10 @@ def add_job_arguments(parser: argparse.ArgumentParser, distill: bool = False) ->
     )
     add_config_option(parser, "--output-dir", key="output_dir", help="root of the run directories")
     add_config_option(
-        parser, "--run-name", key="run_name", help="row name in reports (default: model dir name)"
+        parser,
+        "--run-name",
+        key="run_name",
+        help="row name in reports (default: the model directory's name; for <run>/export, the run's)",
     )
     add_config_option(parser, "--max-train-samples", key="max_train_samples", type=int)
     add_config_option(parser, "--max-eval-samples", key="max_eval_samples", type=int)
@@ -77,6 +81,7 @@ def job_config(args: argparse.Namespace) -> FinetuneConfig:
 
 def run_jobs(args: argparse.Namespace, distill: bool) -> int:
     """``finetune train`` (``distill=False``) or ``finetune distill``: every seed; prints the run directories."""
+    quiet_libraries()
     cfg = job_config(args)
     if distill and not cfg.distill.teacher:
         raise SystemExit("finetune distill: give the fine-tuned teacher (--teacher DIR)")

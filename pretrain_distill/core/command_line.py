@@ -15,7 +15,8 @@ deepspeed launcher adds to every worker's arguments is dropped anywhere (the ran
 Exit codes: 0 done; 2 a user mistake (unknown command or option, bad override or config value, missing
 input file), reported as one line on stderr with a "did you mean" suggestion where one is close; 1 any
 other failure, also one line (``--debug`` or ``DISTILL_DEBUG=1`` prints the traceback as well);
-130 interrupted; a subcommand may return its own code (75: preempted, see ``pretrain-distill train``).
+130 interrupted; 75 a run stopped by a preemption signal after saving its state (:class:`RunStopped`:
+rerunning the same command continues it).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any, TypeVar
 
 from pretrain_distill import __version__
 from pretrain_distill.core.config_loading import load_config
-from pretrain_distill.core.errors import UsageError
+from pretrain_distill.core.errors import RunStopped, UsageError
 from pretrain_distill.core.overrides import command_line_overrides, split_command_line
 
 T = TypeVar("T")
@@ -109,6 +110,12 @@ def _unknown_arguments(parser: argparse.ArgumentParser, extra: list[str]) -> Usa
     return UsageError(parser.prog, f"unrecognized arguments: {' '.join(extra)}{hint}")
 
 
+def _options(tokens: list[str]) -> list[str]:
+    """The ``--option`` tokens of a command line (up to a ``--`` that ends the options)."""
+    ends = tokens.index("--") if "--" in tokens else len(tokens)
+    return [t for t in tokens[:ends] if t.startswith("--") and len(t) > 2]
+
+
 def without_local_rank(argv: list[str]) -> list[str]:
     """Drop ``--local_rank=N`` / ``--local_rank N`` (and the ``--local-rank`` spelling) from ``argv``."""
     out, skip = [], False
@@ -146,6 +153,9 @@ def parse(
     overrides: list[str] = []
     if command_parser.get_default("overrides") is not None:
         tokens, overrides = split_command_line(command_parser, tokens)
+    unknown = [t for t in _options(tokens) if t.split("=", 1)[0] not in command_parser._option_string_actions]
+    if unknown:  # before argparse, whose "arguments are required" would hide the misspelt option
+        raise _unknown_arguments(command_parser, unknown)
     args, extra = parser.parse_known_args([*before, chosen, *tokens])
     if extra:
         raise _unknown_arguments(command_parser, extra)
@@ -176,6 +186,13 @@ def run_cli(
     return _run_guarded(args._run, args, where, debug)
 
 
+def run_script(main: Callable[[], object], prog: str) -> int:
+    """Run a script's ``main()`` (the benchmarks) with the commands' way of failing: one line on stderr,
+    exit 2 for a mistake (a ``ValueError`` such as ``--device cuda`` without a GPU), 1 otherwise."""
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    return _run_guarded(lambda _: main(), argparse.Namespace(), prog, debug)
+
+
 def _run_guarded(
     run: Callable[[argparse.Namespace], int], args: argparse.Namespace, where: str, debug: bool
 ) -> int:
@@ -185,6 +202,9 @@ def _run_guarded(
     except KeyboardInterrupt:
         print(f"{where}: interrupted", file=sys.stderr)
         return 130
+    except RunStopped as stop:  # saved and stopped on purpose (preempted): rerun to continue
+        print(f"{where}: {one_line(stop)}", file=sys.stderr)
+        return stop.exit_code
     except SystemExit as stop:  # raise SystemExit("message") = a user mistake a command spotted
         if stop.code is None or isinstance(stop.code, int):
             raise

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pretrain_distill.core.errors import ConfigError
+
 DEFAULT_PORT = 29500
 _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -93,12 +95,18 @@ def detect_env(environ: Mapping[str, str] | None = None) -> DistEnv:
     )
 
 
+def require_device(choice: str, what: str = "device") -> None:
+    """Refuse (:class:`ConfigError`, before any work) a ``cuda`` choice on a machine without a GPU;
+    ``what`` names the setting in the message."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{what} cuda: this machine has no visible CUDA device; choose cpu")
+
+
 def resolve_device(choice: str, local_rank: int) -> torch.device:
     """``auto`` -> this rank's GPU when CUDA is present, else CPU; ``cuda`` without a GPU is an error."""
-    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+    require_device(choice)
+    if choice == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but no CUDA device is visible (use device auto or cpu)")
     torch.cuda.set_device(local_rank % torch.cuda.device_count())
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 

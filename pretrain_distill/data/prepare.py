@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import queue as queue_module
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -26,8 +27,8 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from pretrain_distill.core.assets import resolve_model_path
 from pretrain_distill.core.files import atomic_write_json
+from pretrain_distill.core.model_names import find_model
 from pretrain_distill.core.run_lock import RunLock
 from pretrain_distill.core.seeds import numpy_rng
 from pretrain_distill.core.tokenizer_loading import load_tokenizer
@@ -100,7 +101,7 @@ class Job:
 def tokenizer_info(tokenizer: Any) -> tuple[dict[str, Any], str]:
     """``(manifest entry, backend JSON)`` of a Hugging Face fast tokenizer or a path / ``"minilm"``."""
     if isinstance(tokenizer, (str, Path)):
-        tokenizer = load_tokenizer(resolve_model_path(str(tokenizer)))
+        tokenizer = load_tokenizer(find_model(str(tokenizer), "tokenizer"))
     if not getattr(tokenizer, "is_fast", False):
         raise DataError(f"tokenizer {tokenizer.name_or_path!r} is not a fast (Rust) tokenizer")
     backend = tokenizer.backend_tokenizer.to_str()
@@ -151,8 +152,10 @@ def read_unit(
 
     Documents go to per-(split, language) chunks; a chunk is emitted as soon as it holds
     ``shard_chars`` characters and the partial ones at the end of the unit, so memory is bounded by
-    one unit's open chunks. Held-out documents are drawn with a generator seeded by (seed, unit).
-    ``report`` gets the input bytes read since its last call.
+    one unit's open chunks. Held-out documents are drawn with a generator seeded by (seed, unit); with
+    a validation fraction the first document of the first unit is held out whatever its draw, so that
+    a small corpus and a small fraction still hold something out. ``report`` gets the input bytes read
+    since its last call.
     """
     context = readers.CONTEXT
     context.bytes_read, context.bad = 0, []
@@ -162,8 +165,9 @@ def read_unit(
     chunks: dict[tuple[str, str], Chunk] = {}
     count = 0
     try:
-        for doc in iter_unit_documents(job.unit):
-            split = VALIDATION if fraction and held_out.random() < fraction else "train"
+        for position, doc in enumerate(iter_unit_documents(job.unit)):
+            first = job.number == 0 and position == 0
+            split = VALIDATION if fraction and (held_out.random() < fraction or first) else "train"
             chunk = chunks.get((split, doc.language))
             if chunk is None:
                 chunk = chunks[split, doc.language] = Chunk(job.number, count, doc.language, split)
@@ -380,7 +384,13 @@ def _write_manifests(
     manifest = _manifest(settings, train, seconds, workers)
     manifest["bad_input"] = bad_input
     manifest["totals"]["bad_input"] = len(bad_input)
-    if held:
+    if held and not sum(r["sequences"] for r in held):
+        log.warning(
+            "prepare: the held-out documents hold no text after cleaning: no validation split "
+            "(hold out more with a larger --validation-fraction, or give --validation-source)"
+        )
+        shutil.rmtree(out / VALIDATION)
+    elif held:
         validation = _manifest(settings, held, seconds, workers)
         for shard in validation["shards"]:
             shard["name"] = shard["name"].removeprefix(f"{VALIDATION}/")

@@ -10,9 +10,11 @@ import signal
 import threading
 from types import FrameType
 
+from pretrain_distill.core.errors import RunStopped
+
 # EX_TEMPFAIL (sysexits.h): "try again later". The run saved a checkpoint on a preemption signal;
 # restarting it with `resume: auto` continues where it stopped. slurm/distill.sbatch requeues on it.
-EXIT_PREEMPTED = 75
+EXIT_PREEMPTED = RunStopped.exit_code
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 

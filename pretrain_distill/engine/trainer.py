@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from pretrain_distill.core.assets import resolve_model_path
 from pretrain_distill.core.config_loading import save_config, to_dict
 from pretrain_distill.core.distributed import (
     DistEnv,
@@ -30,9 +29,10 @@ from pretrain_distill.core.distributed import (
     launcher_env_scope,
     resolve_device,
 )
-from pretrain_distill.core.errors import ConfigError
+from pretrain_distill.core.errors import ConfigError, RunStopped
 from pretrain_distill.core.lr_schedule import build_lr_scheduler
 from pretrain_distill.core.metrics_log import MetricsLogger
+from pretrain_distill.core.model_names import find_model
 from pretrain_distill.core.rank_watch import RankWatch, watching_ranks
 from pretrain_distill.core.run_lock import lock_output_dir
 from pretrain_distill.core.seeds import derive_seed
@@ -52,13 +52,11 @@ from pretrain_distill.objectives import Distiller
 from pretrain_distill.run_config import RunConfig
 
 
-class Preempted(RuntimeError):
-    """A preemption signal arrived; a checkpoint was saved and the run stopped (resume to continue)."""
+class Preempted(RunStopped):
+    """A preemption signal arrived; a checkpoint was saved and the run stopped (the CLI exits 75)."""
 
     def __init__(self, signal_name: str, checkpoint: Path) -> None:
-        super().__init__(
-            f"{signal_name} received: saved {checkpoint}; rerun with train.resume=auto to continue"
-        )
+        super().__init__(f"{signal_name} received: saved {checkpoint}; rerun the same command to continue")
         self.checkpoint = checkpoint
 
 
@@ -211,8 +209,11 @@ class Trainer:
     def _load_inputs(self) -> None:
         """Tokenizer, training stream (checked against the tokenizer), masker and validation batches."""
         cfg = self.cfg
-        teacher = resolve_model_path(cfg.teacher.path)
-        self.tokenizer = load_tokenizer(resolve_model_path(cfg.teacher.tokenizer) or teacher, teacher)
+        teacher = find_model(cfg.teacher.path, "teacher.path")  # named in the error when missing
+        tokenizer = (
+            find_model(cfg.teacher.tokenizer, "teacher.tokenizer") if cfg.teacher.tokenizer else teacher
+        )
+        self.tokenizer = load_tokenizer(tokenizer, teacher)
         self.loader = build_dataloader(
             cfg.data, cfg.train.micro_batch_size, self.dist.rank, self.dist.world_size, cfg.train.seed
         )

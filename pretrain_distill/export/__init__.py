@@ -28,6 +28,7 @@ from pretrain_distill.export.source import ExportSource, resolve_source
 from pretrain_distill.models.students import encoder_parameter_count
 
 FORMATS = ("transformers", "sentence-transformers")
+EXPORT_DIR = "export"  # a run's default export: <run_dir>/export
 _MARKER = "distill_config.yaml"  # every export holds it: an existing directory with it may be replaced
 
 
@@ -72,7 +73,7 @@ def export_run(
     if card_paths not in PATH_STYLES:
         raise ValueError(f"--card-paths {card_paths!r}: expected one of {', '.join(PATH_STYLES)}")
     source = resolve_source(run_dir, checkpoint)
-    out = Path(out) if out is not None else source.run_dir / "export"
+    out = Path(out) if out is not None else source.run_dir / EXPORT_DIR
     _check_out(out, source)
     head_trained = mlm_head_trained(source.config)
     with_mlm_head = _keep_mlm_head(fmt, with_mlm_head, head_trained)

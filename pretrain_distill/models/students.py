@@ -9,6 +9,7 @@ DistilBERT's initialisation: copy the embeddings and the teacher layer that the 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -20,6 +21,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModel, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
 
+from pretrain_distill.core.console import loading_quietly
 from pretrain_distill.models.families import (
     base_model,
     detect_family,
@@ -27,6 +29,8 @@ from pretrain_distill.models.families import (
     family_for_model_type,
 )
 from pretrain_distill.run_config import StudentConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -185,7 +189,19 @@ def spec_from_config(student_cfg: StudentConfig) -> StudentSpec:
 
 def _load_init_from(path: Path, spec: StudentSpec, teacher: PreTrainedModel) -> PreTrainedModel:
     if path.is_dir():
-        student = AutoModelForMaskedLM.from_pretrained(path, attn_implementation="sdpa")
+        with loading_quietly():  # an export is the base encoder: the missing MLM head is said below
+            student, info = AutoModelForMaskedLM.from_pretrained(
+                path, attn_implementation="sdpa", output_loading_info=True
+            )
+        prefix = student.base_model_prefix + "."
+        if any(k.startswith(prefix) for k in info["missing_keys"]):
+            raise ValueError(f"student.init_from {path}: lacks encoder weights ({info['missing_keys']})")
+        if info["missing_keys"]:
+            log.warning(
+                "student.init_from %s holds no MLM head: the student's starts from random weights "
+                "(only the od and mlm terms read it)",
+                path,
+            )
         if spec_of(student.config) != spec:
             raise ValueError(
                 f"student.init_from {path} holds a {spec_of(student.config).as_list()} model but the "

@@ -12,6 +12,7 @@ from torch import nn
 from transformers import AutoModel, AutoModelForMaskedLM, PreTrainedModel
 
 from pretrain_distill.core.assets import resolve_model_path
+from pretrain_distill.core.console import loading_quietly
 from pretrain_distill.models.families import base_model, encoder_layers, set_encoder_layers
 from pretrain_distill.run_config import TeacherConfig
 
@@ -68,11 +69,19 @@ def build_teacher(
     path = resolve_model_path(teacher_cfg.path)
     dtype = dtype or teacher_dtype(teacher_cfg.dtype, device)
     factory = AutoModelForMaskedLM if needs_mlm_head else AutoModel
-    model, info = factory.from_pretrained(
-        path, dtype=dtype, attn_implementation="sdpa", output_loading_info=True
+    with loading_quietly():  # an MLM head or pooler the run does not read is no news; checked below
+        model, info = factory.from_pretrained(
+            path, dtype=dtype, attn_implementation="sdpa", output_loading_info=True
+        )
+    prefix = model.base_model_prefix + "." if needs_mlm_head else ""
+    encoder_missing = sorted(
+        k for k in info["missing_keys"] if k.startswith(prefix) and not k.startswith(prefix + "pooler.")
     )
+    if encoder_missing:
+        raise ValueError(
+            f"teacher {path}: its checkpoint lacks encoder weights ({', '.join(encoder_missing)})"
+        )
     if needs_mlm_head:
-        prefix = model.base_model_prefix + "."
         head_missing = [k for k in info["missing_keys"] if not k.startswith(prefix)]
         if head_missing:
             raise MissingMLMHeadError(

@@ -12,7 +12,7 @@ Strategies (paper 2310.08797, section 4 "Layer Mapping Strategies"; ``k = ceil(L
 - ``last``:         ``phi(i) = {L_T - L_S + i}`` (needs ``L_S <= L_T``).
 - ``uniform``:      ``phi(i) = {k * i}`` (DistilBERT / PKD "skip").
 - ``uniform_cons``: ``phi(i) = {k(i-1)+1, ..., k*i}`` -- the paper's ``[k(i-1), ki]`` read as the k
-  consecutive layers, so that every teacher layer is mapped exactly once (PAPERS.md).
+  consecutive layers, so that every teacher layer is mapped exactly once (docs/papers.md).
 - ``uniform_last``: ``phi(i) = {k * i} | {L_T - L_S + i}`` (needs ``L_S <= L_T``).
 - ``random``:       RAIL-KD (2109.10164): ``L_S`` distinct teacher layers drawn uniformly without
   replacement from ``candidates`` (default ``1..L_T``), sorted, one per student layer.

@@ -202,6 +202,26 @@ def test_validation_fraction_holds_documents_out_of_training(tmp_path, tokenizer
     assert next(iter(loader))["input_ids"].shape == (4, 32)
 
 
+@pytest.mark.integration
+def test_a_small_validation_fraction_still_holds_something_out_or_says_why_not(tmp_path, tokenizer, caplog):
+    """--validation-fraction 0.001 on 20 documents: the first is held out (not an empty validation/);
+    when that one holds no text, there is no validation split and a warning says why."""
+    path = tmp_path / "docs.jsonl"
+    docs = [f"document number {i} alpha beta gamma" for i in range(20)]
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    options = dict(max_length=32, workers=1, block_size=8, progress=False, validation_fraction=0.001)
+    manifest = prepare_shards([f"jsonl:{path}#language=en"], tmp_path / "out", tokenizer, **options)
+    assert manifest["validation"]["documents"] == 1 and manifest["totals"]["documents"] == 19
+    val_manifest = json.loads((tmp_path / "out" / "validation" / "manifest.json").read_text())
+    (ids, _), *_ = all_rows(tmp_path / "out" / "validation", val_manifest).values()
+    assert tokenizer.decode(ids[ids != tokenizer.pad_token_id][1:-1]).startswith("document number 0 ")
+
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in ["   ", *docs]))
+    manifest = prepare_shards([f"jsonl:{path}#language=en"], tmp_path / "blank", tokenizer, **options)
+    assert "validation" not in manifest and not (tmp_path / "blank" / "validation").exists()
+    assert "held-out documents hold no text" in caplog.text
+
+
 def _wikimedia_layout(root):
     """Two configs of the ``wikimedia/wikipedia`` layout: 20231101.en and 20231101.fr parquet files."""
     for config, texts in {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -106,3 +107,27 @@ def test_every_profile_builds_its_default_run(name, tmp_path):
     )
     assert cfg.train.precision == ("bf16" if device == "cuda" else "fp32")
     assert cfg.objective.teacher_layer == "L_T-1" and cfg.objective.relation_heads == 12
+
+
+def test_a_preempted_demo_exits_75_and_says_a_rerun_continues(tmp_path, monkeypatch, capsys):
+    from pretrain_distill.commands import demo
+    from pretrain_distill.engine import Preempted
+
+    def preempted(cfg):
+        raise Preempted("SIGTERM", Path(cfg.train.output_dir) / "checkpoints" / "step_00000002")
+
+    monkeypatch.setattr(demo, "train", preempted)
+    out = tmp_path / "demo"
+    assert main(["demo", "--profile", "tiny", "--device", "cpu", "--out", str(out)]) == 75
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"pretrain-distill demo: SIGTERM received: saved {out / 'distill' / 'checkpoints' / 'step_00000002'}; "
+        "rerun the same command to continue"
+    )
+
+
+def test_the_gpu_profile_on_a_cpu_says_how_long_it_takes(tmp_path, monkeypatch, capsys):
+    from pretrain_distill.commands import demo
+
+    monkeypatch.setattr(demo, "main_job", lambda request: {})  # the note comes before any work
+    assert main(["demo", "--profile", "gpu", "--device", "cpu", "--out", str(tmp_path / "demo")]) == 0
+    assert "the gpu profile on a CPU takes hours" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
+import pytest
 import torch
 from engine_helpers import REPO
 
@@ -60,3 +61,21 @@ def test_engine_throughput_runs_on_cpu(capsys, tiny_shards, tmp_path):
     assert rows[0][2] == "1.00" and all(float(r[1].replace(",", "")) > 0 for r in rows)
     assert rows[1][3] == "1.00" and all(float(r[5]) > 0 for r in rows[2:])  # engine rows: a checkpoint
     assert (tmp_path / "run-engine" / "logs" / "metrics.jsonl").is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
+@pytest.mark.parametrize("script", ["distill_throughput", "engine_throughput"])
+def test_gpu_defaults_on_a_cpu_machine_are_refused_in_one_line_before_any_work(script, tmp_path, capsys):
+    from pretrain_distill.core.command_line import run_script
+
+    spec = importlib.util.spec_from_file_location(script, REPO / "benchmarks" / f"{script}.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--out", str(tmp_path / "work")] if script == "engine_throughput" else []
+    assert run_script(lambda: bench.main(argv), f"{script}.py") == 2
+    captured = capsys.readouterr()
+    assert (
+        captured.err
+        == f"{script}.py: error: --device cuda: this machine has no visible CUDA device; choose cpu\n"
+    )
+    assert not captured.out and not (tmp_path / "work").exists()

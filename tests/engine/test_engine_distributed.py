@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pretrain_distill.core.distributed import detect_env, first_slurm_host, resolve_device
+from pretrain_distill.core.errors import ConfigError
 
 
 def test_torchrun_variables_win():
@@ -69,7 +70,7 @@ def test_resolve_device():
     assert resolve_device("cpu", 0) == torch.device("cpu")
     if not torch.cuda.is_available():
         assert resolve_device("auto", 0) == torch.device("cpu")
-        with pytest.raises(RuntimeError, match="no CUDA device"):
+        with pytest.raises(ConfigError, match="no visible CUDA device"):
             resolve_device("cuda", 0)
 
 

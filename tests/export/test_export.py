@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -184,6 +187,18 @@ def test_the_cli_prints_no_weight_loading_or_writing_bars(bert_run, tmp_path, ca
         assert "Loading weights" not in printed and "Writing model shards" not in printed
     finally:
         hf_logging.set_tqdm_hook(previous)
+
+
+@pytest.mark.slow
+def test_the_export_command_prints_only_the_export_path_on_stdout(bert_run, tmp_path):
+    """`$(pretrain-distill export RUN)` is the path: in a fresh process (DeepSpeed imported on the way,
+    whose logger writes to stdout) no library line reaches stdout."""
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"} | {"OMP_NUM_THREADS": "1"}
+    out = tmp_path / "m"
+    argv = [sys.executable, "-m", "pretrain_distill.cli", "export", str(bert_run), "--out", str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{out}\n", proc.stdout
 
 
 def test_card_names_teacher_data_steps_parameters_and_checkpoint(bert_run, tmp_path, capsys):

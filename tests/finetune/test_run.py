@@ -179,9 +179,25 @@ def test_config_errors():
     with pytest.raises(ConfigError, match="distill.method: expected one of"):
         load_finetune_config(overrides=["distill.method=tinybert"])
     with pytest.raises(ConfigError, match="model: model directory not found"):
-        from finetune.modeling import resolve_model_path
+        from pretrain_distill.core.model_names import find_model
 
-        resolve_model_path("./no/such/model")
+        find_model("./no/such/model", "model")
+
+
+def test_runs_are_named_after_the_model_not_its_export_folder():
+    """Every distillation run exports to <run>/export: rows and run directories take the run's name."""
+    from finetune.jobs import model_name, run_name
+
+    assert [model_name(m) for m in ("runs/hs/export", "runs/hs/export/", "runs/my_student", "minilm")] == [
+        "hs",
+        "hs",
+        "my_student",
+        "minilm",
+    ]
+    cfg = load_finetune_config(
+        overrides=["model=runs/rail/export", "distill.teacher=t", "distill.method=rail_c"]
+    )
+    assert run_name(cfg) == "rail-rail_c"
 
 
 def test_prediction_map_merges_classes():

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from finetune import cli as finetune_cli
 from pretrain_distill import cli as distill_cli
@@ -28,6 +29,45 @@ def test_subcommand_help(cli, command, capsys):
     out = capsys.readouterr().out
     assert f" {command}" in out.splitlines()[0]  # usage: prog COMMAND ...
     assert len(out.splitlines()) > 5, "help should explain the command, not only list flags"
+
+
+def test_a_stopped_run_is_one_line_and_its_exit_code(capsys):
+    """A preemption (RunStopped) ends train, search and demo alike: one line, exit 75 (scripts too)."""
+    from pretrain_distill.core.command_line import run_script
+    from pretrain_distill.core.errors import RunStopped
+
+    def preempted():
+        raise RunStopped("SIGTERM received: saved runs/x/checkpoints/step_00000002; rerun the same command")
+
+    assert run_script(preempted, "pretrain-distill demo") == 75
+    err = capsys.readouterr().err
+    assert (
+        err
+        == "pretrain-distill demo: SIGTERM received: saved runs/x/checkpoints/step_00000002; rerun the same command\n"
+    )
+
+
+def test_a_bad_asset_path_in_the_environment_is_a_mistake(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("DISTILL_TEACHER", str(tmp_path / "nowhere"))
+    assert distill_cli.main(["assets", "--only", "teacher"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"pretrain-distill assets: error: teacher: $DISTILL_TEACHER points to {tmp_path / 'nowhere'}, "
+        "which does not exist (teacher model directory)\n"
+    )
+    assert "MISSING" in captured.out  # the table still says what was found
+
+
+@pytest.mark.parametrize("module", [distill_cli, finetune_cli])
+def test_help_examples_keep_their_line_continuations(module):
+    """A ``\\`` at the end of a docstring line must reach --help (a single one joins the lines)."""
+    import importlib
+
+    for name, (module_name, _) in module.COMMANDS.items():
+        command = importlib.import_module(module_name)
+        source = Path(command.__file__).read_text()
+        raw = source[source.index('"""') + 3 : source.index('"""', source.index('"""') + 3)]
+        assert command.__doc__.count("\n") == raw.count("\n"), f"{name}: a line continuation was swallowed"
 
 
 @pytest.mark.parametrize("cli", [distill_cli, finetune_cli])
@@ -62,33 +102,88 @@ def test_console_scripts_installed():
 # ---------------------------------------------------------------------------------------- failing cleanly
 
 # (tool, argv with {tmp} for the test's directory, exit code, part of the message) -- a typical mistake each
-MISTAKES = [
-    (distill_cli, ["assets", "--only", "nosuch"], 2, "invalid choice: 'nosuch'"),
-    (distill_cli, ["prepare", "--source", "nosuch:/x", "--out", "{tmp}/shards"], 2, "expected KIND:PATH"),
-    (distill_cli, ["config", "train.lrr=1"], 2, "unknown config key train.lrr (did you mean train.lr?)"),
-    (distill_cli, ["train", "nothere.yaml"], 2, "config file not found: nothere.yaml"),
-    (distill_cli, ["train", "--train.lr"], 2, "override --train.lr has no value"),
-    (distill_cli, ["fit-mlm-head", "--shards", "{tmp}/none", "--out", "{tmp}/head"], 2, "no manifest"),
-    (distill_cli, ["export", "{tmp}/nowhere"], 2, "no such run directory"),
-    (
-        distill_cli,
-        ["export", "{tmp}", "--ot", "x"],
-        2,
-        "unrecognized arguments: --ot x (did you mean --out?)",
-    ),
-    (distill_cli, ["plot", "{tmp}/nowhere"], 2, "no such run directory"),
-    (distill_cli, ["demo", "--objectives", "od", "--out", "{tmp}/demo"], 2, "list an HS objective before it"),
-    (distill_cli, ["trian"], 2, "unknown command 'trian' (did you mean train?)"),
-    (finetune_cli, ["train", "lr=fast"], 2, "lr: expected a number, got 'fast'"),
-    (finetune_cli, ["train", "--modle", "x"], 2, "unknown config key modle (did you mean model?)"),
-    (finetune_cli, ["train", "--epochs", "many"], 2, "argument --epochs: invalid float value"),
-    (finetune_cli, ["sweep", "--index", "9", "--tasks", "cola", "--seeds", "1"], 2, "--index 9 out of range"),
-    (finetune_cli, ["distill", "--task", "sst2"], 2, "give the fine-tuned teacher"),
-    (finetune_cli, ["report", "{tmp}/nothing"], 2, "no such run directory or file"),
-    (finetune_cli, ["sweeep"], 2, "unknown command 'sweeep' (did you mean sweep?)"),
-] + [  # and an unknown option on every command (or first: a missing required argument)
-    (cli, [name, "--no-such-option"], 2, "error: ") for cli, name in CASES
-]
+MISTAKES = (
+    [
+        (distill_cli, ["assets", "--only", "nosuch"], 2, "invalid choice: 'nosuch'"),
+        (distill_cli, ["prepare", "--source", "nosuch:/x", "--out", "{tmp}/shards"], 2, "expected KIND:PATH"),
+        (distill_cli, ["config", "train.lrr=1"], 2, "unknown config key train.lrr (did you mean train.lr?)"),
+        (distill_cli, ["train", "nothere.yaml"], 2, "config file not found: nothere.yaml"),
+        (distill_cli, ["train", "--train.lr"], 2, "override --train.lr has no value"),
+        (distill_cli, ["fit-mlm-head", "--shards", "{tmp}/none", "--out", "{tmp}/head"], 2, "no manifest"),
+        (distill_cli, ["export", "{tmp}/nowhere"], 2, "no such run directory"),
+        (
+            distill_cli,
+            ["export", "{tmp}", "--ot", "x"],
+            2,
+            "unrecognized arguments: --ot (did you mean --out?)",
+        ),
+        (distill_cli, ["plot", "{tmp}/nowhere"], 2, "no such run directory"),
+        (
+            distill_cli,
+            ["demo", "--objectives", "od", "--out", "{tmp}/demo"],
+            2,
+            "list an HS objective before it",
+        ),
+        (distill_cli, ["trian"], 2, "unknown command 'trian' (did you mean train?)"),
+        (finetune_cli, ["train", "lr=fast"], 2, "lr: expected a number, got 'fast'"),
+        (finetune_cli, ["train", "--modle", "x"], 2, "unknown config key modle (did you mean model?)"),
+        (finetune_cli, ["train", "--epochs", "many"], 2, "argument --epochs: invalid float value"),
+        (
+            finetune_cli,
+            ["sweep", "--index", "9", "--tasks", "cola", "--seeds", "1"],
+            2,
+            "--index 9 out of range",
+        ),
+        (finetune_cli, ["distill", "--task", "sst2"], 2, "give the fine-tuned teacher"),
+        (finetune_cli, ["report", "{tmp}/nothing"], 2, "no such run directory or file"),
+        (finetune_cli, ["sweeep"], 2, "unknown command 'sweeep' (did you mean sweep?)"),
+        # a misspelt option is named before argparse's "arguments are required" could hide it
+        (
+            distill_cli,
+            ["prepare", "--sorce", "x"],
+            2,
+            "unrecognized arguments: --sorce (did you mean --source?)",
+        ),
+    ]
+    + [  # a run this machine cannot do is refused before any work
+        case
+        for case in [
+            (
+                distill_cli,
+                ["demo", "--device", "cuda", "--out", "{tmp}/demo"],
+                2,
+                "--device cuda: this machine",
+            ),
+            (
+                distill_cli,
+                ["search", "--teacher", "minilm", "--shards", "{tmp}/shards", "--candidates", "3L"]
+                + ["--steps", "1", "--device", "cuda", "--out", "{tmp}/search"],
+                2,
+                "--device cuda: this machine has no",
+            ),
+            (
+                finetune_cli,
+                [
+                    "train",
+                    "--model",
+                    "minilm",
+                    "--task",
+                    "movies",
+                    "--device",
+                    "cuda",
+                    "--output-dir",
+                    "{tmp}/ft",
+                ],
+                2,
+                "device cuda: this machine has no",
+            ),
+        ]
+        if not torch.cuda.is_available()
+    ]
+    + [  # and an unknown option on every command (or first: a missing required argument)
+        (cli, [name, "--no-such-option"], 2, "error: ") for cli, name in CASES
+    ]
+)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from transformers import BertConfig, GPT2Config, XLMRobertaConfig
@@ -164,6 +166,27 @@ def test_build_student_from_config_random_and_init_from(tiny_bert_config, tmp_pa
     cfg.init_from = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="no such Hugging Face model directory"):
         build_student_from_config(cfg, teacher)
+
+
+def test_init_from_a_base_encoder_export_says_the_head_is_new_in_one_line(tiny_bert_config, tmp_path, caplog):
+    """An HS / MiniLMv2 export has no MLM head: one warning of ours, not transformers' load report."""
+    from pretrain_distill.models import base_model
+
+    teacher = build_student([2, 4, 64, 128], tiny_bert_config)
+    cfg = StudentConfig(preset=None, layers=1, heads=2, hidden=32, ffn=48)
+    base_model(build_student_from_config(cfg, teacher)).save_pretrained(tmp_path / "export")
+    cfg.init_from = str(tmp_path / "export")
+    library = logging.getLogger("transformers")  # it does not propagate: listen on it directly
+    library.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("WARNING"):
+            build_student_from_config(cfg, teacher)
+    finally:
+        library.removeHandler(caplog.handler)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"student.init_from {tmp_path / 'export'} holds no MLM head: the student's starts from random "
+        "weights (only the od and mlm terms read it)"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -67,3 +67,31 @@ def test_build_teacher_loads_minilm_frozen_without_pooler(teacher_dir):
 def test_build_teacher_with_mlm_head_refuses_headless_minilm(teacher_dir):
     with pytest.raises(MissingMLMHeadError, match="has no MLM head weights .*cls.predictions"):
         build_teacher(TeacherConfig(path=str(teacher_dir)), needs_mlm_head=True)
+
+
+def test_a_teacher_loads_without_transformers_load_report(tiny_teacher_dir, caplog):
+    """The tiny teacher is a BertForMaskedLM: loaded as the bare encoder, its MLM head is unexpected and
+    its pooler missing, neither of which the run reads; transformers' report of them is not shown."""
+    import logging
+
+    library = logging.getLogger("transformers")  # it does not propagate: listen on it directly
+    library.addHandler(caplog.handler)
+    try:
+        logging.getLogger("transformers.modeling_utils").warning("canary")  # the listener hears it
+        build_teacher(TeacherConfig(path=str(tiny_teacher_dir)))
+    finally:
+        library.removeHandler(caplog.handler)
+    assert [r.getMessage() for r in caplog.records] == ["canary"]
+
+
+def test_a_teacher_without_its_encoder_weights_is_refused(tiny_teacher_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "teacher"
+    broken.mkdir()
+    for item in tiny_teacher_dir.iterdir():
+        (broken / item.name).write_bytes(item.read_bytes())
+    weights = load_file(broken / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "layer.1." not in k}, broken / "model.safetensors")
+    with pytest.raises(ValueError, match=r"lacks encoder weights \(encoder.layer.1.attention"):
+        build_teacher(TeacherConfig(path=str(broken)))

@@ -1,4 +1,4 @@
-"""Layer mappings: the tables written out by hand from PAPERS.md's definitions, the RAIL-KD random draw,
+"""Layer mappings: the tables written out by hand from docs/papers.md's definitions, the RAIL-KD random draw,
 explicit lists and the errors."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pretrain_distill.objectives import (
     validate_mapping,
 )
 
-# Written by hand from PAPERS.md (k = ceil(L_T / L_S); indices above L_T clamped to L_T, duplicates dropped):
+# Written by hand from docs/papers.md (k = ceil(L_T / L_S); indices above L_T clamped to L_T, duplicates dropped):
 #   single: phi(L_S) = {L_T};  last: {L_T - L_S + i};  uniform: {k i};
 #   uniform_cons: {k(i-1)+1 .. k i};  uniform_last: {k i} | {L_T - L_S + i}.
 TABLES: dict[tuple[int, int], dict[str, list[tuple[int, ...]]]] = {

@@ -122,8 +122,9 @@ def test_cli_writes_the_table_and_json(tiny_teacher_dir, tmp_path, capsys):
     out = tmp_path / "latency.md"
     args = ["latency", "1,2,32,64", "--teacher", str(tiny_teacher_dir), "--seq", "8", "--warmup", "0"]
     assert cli.main([*args, "--repeats", "2", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert out.read_text() == printed
+    printed, progress = capsys.readouterr()
+    assert out.read_text() == printed  # stdout: the table, nothing else
+    assert "latency:" in progress and "0/2 [" in progress  # a bar over the rounds, on stderr
     record = json.loads(out.with_suffix(".json").read_text())
     assert [r["name"] for r in record["rows"]] == ["1,2,32,64", "teacher"]
     assert record["settings"]["seq"] == 8 and record["rows"][1]["ratio"] == 1.0

@@ -82,6 +82,14 @@ def test_holdout_split_writes_two_views(three_shards, tmp_path):
     assert split_shards(str(three_shards), val_dir, 1, tmp_path / "x") == (str(three_shards), val_dir)
 
 
+def test_a_prepared_validation_split_is_the_default_validation_data(movie_shards, tmp_path):
+    """One shard + the held-out split `prepare --validation-fraction` wrote: search trains on the shard and
+    validates on the split (the README's prepare-then-search), where --holdout would need two shards."""
+    shards, manifest = movie_shards("one_shard_held_out", 3000, validation_fraction=0.2)
+    assert len(manifest["shards"]) == 1
+    assert split_shards(str(shards), None, 1, tmp_path) == (str(shards), str(shards / "validation"))
+
+
 def test_held_out_losses_average_eval_mode_and_restore_mode(tiny_teacher_dir, three_shards, tmp_path):
     from types import SimpleNamespace
 
@@ -162,12 +170,12 @@ def test_three_candidate_search_preempted_then_resumed(
     monkeypatch.setattr(MetricsLogger, "log", original)
     capsys.readouterr()
     assert cli.main(_cli_args(tiny_teacher_dir, three_shards, out, CANDIDATES)) == 0
-    printed = capsys.readouterr().out
+    printed, progress = capsys.readouterr()
     state = json.loads((out / "search.json").read_text())
     assert state["candidates"]["L1-A2-H32-F64"] == first  # not re-run, not re-measured
     assert (out / "candidates" / "L1-A2-H32-F64" / "logs" / "metrics.jsonl").read_text() == first_log
     assert [r["step"] for r in read_metrics(second / "logs" / "metrics.jsonl")] == [1, 2, 3, 4]  # resumed
-    assert "done before, kept" in printed
+    assert "done before, kept" in progress and "done before" not in printed  # stdout: the result only
 
     rows = ranked(state)
     assert sorted(r["name"] for r in rows) == sorted(CANDIDATES)
