@@ -15,13 +15,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
-from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 
 from finetune.tasks import TaskSpec
 from pretrain_distill.core.assets import resolve_model_path
 from pretrain_distill.core.console import loading_quietly
 from pretrain_distill.core.tokenizer_loading import load_tokenizer as checked_tokenizer
-from pretrain_distill.models.families import encoder_layers
+from pretrain_distill.models.families import derived_config, encoder_layers, family_of
+from pretrain_distill.models.students import copy_from_teacher
 
 
 def load_tokenizer(path: str, model: str | None = None):
@@ -60,22 +61,38 @@ def load_classifier(path: str, spec: TaskSpec) -> PreTrainedModel | RTCClassifie
         return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
 
 
-def classification_head(model: PreTrainedModel) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The part of ``model`` after its encoder: last hidden states ``[B, T, d]`` -> logits.
+class _GivenStates(nn.Module):
+    """Stands in for a classifier's encoder: returns the hidden states it holds (and the encoder's own
+    pooler over them, for families whose classifier reads ``pooler_output``)."""
 
-    BERT-style models pool the first token (``pooler``) then apply ``classifier``; RoBERTa-style heads
-    (``classifier.dense`` + ``classifier.out_proj``) take the sequence. Used by ILD-RTC to run the
-    teacher's classifier on (projected) student states."""
-    pooler = getattr(model.base_model, "pooler", None)
-    classifier = getattr(model, "classifier", None)
-    if isinstance(classifier, nn.Linear) and pooler is not None:
-        dropout = getattr(model, "dropout", nn.Identity())
-        return lambda hidden: classifier(dropout(pooler(hidden)))
-    if classifier is not None and hasattr(classifier, "out_proj"):
-        return classifier
-    raise ValueError(
-        f"{type(model).__name__}: reusing its classifier is supported for BERT/RoBERTa-style heads"
-    )
+    def __init__(self, states: torch.Tensor, pooler: nn.Module | None):
+        super().__init__()
+        self.states, self.pooler = states, pooler
+
+    def forward(self, *_args, **_kwargs) -> BaseModelOutputWithPooling:
+        pooled = self.pooler(self.states) if self.pooler is not None else None
+        return BaseModelOutputWithPooling(last_hidden_state=self.states, pooler_output=pooled)
+
+
+def classification_head(model: PreTrainedModel) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The part of ``model`` after its encoder: ``(last hidden states [B, T, d], attention mask [B, T])`` ->
+    logits. Used by ILD-RTC to run the teacher's classifier on (projected) student states.
+
+    It is the model's own forward with its encoder replaced, for the call, by the given states: every
+    family's head runs as written (BERT's pooler + classifier, RoBERTa's dense + out_proj on [CLS],
+    ModernBERT's and EuroBERT's pooling over the attention mask, DeBERTa's context pooler, ...)."""
+    prefix = model.base_model_prefix
+
+    def head(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        encoder = getattr(model, prefix)
+        setattr(model, prefix, _GivenStates(hidden, getattr(encoder, "pooler", None)))
+        try:
+            ids = torch.zeros(hidden.shape[:2], dtype=torch.long, device=hidden.device)  # not read
+            return model(input_ids=ids, attention_mask=attention_mask).logits
+        finally:
+            setattr(model, prefix, encoder)
+
+    return head
 
 
 def head_state(model: PreTrainedModel) -> dict[str, torch.Tensor]:
@@ -85,13 +102,16 @@ def head_state(model: PreTrainedModel) -> dict[str, torch.Tensor]:
 
 
 def head_only(teacher: PreTrainedModel) -> PreTrainedModel:
-    """A copy of ``teacher`` that keeps its classification head and drops the rest: no layers, a
-    vocabulary of its special ids only (the head weights are the teacher's; the encoder parts left are
-    unused stubs)."""
-    config = teacher.config.to_dict()
-    special = [config.get(f"{t}_token_id") for t in ("pad", "bos", "eos")]
-    config.update(num_hidden_layers=0, vocab_size=max([1] + [i for i in special if isinstance(i, int)]) + 1)
-    skeleton = AutoModelForSequenceClassification.from_config(type(teacher.config).from_dict(config))
+    """A copy of ``teacher`` that keeps its classification head and drops the rest: no layers (one for
+    families with per-layer attention types, whose configs cannot describe zero), a vocabulary of its special
+    ids only (the head weights are the teacher's; the encoder parts left are unused stubs)."""
+    family = family_of(teacher.config)
+    special = [
+        v for k, v in teacher.config.to_dict().items() if k.endswith("_token_id") and isinstance(v, int)
+    ]
+    depth = 1 if family.sliding_window else 0  # a 0-layer ModernBERT config fails validation (5.25)
+    changes = {family.shape_fields[0]: depth, "vocab_size": max([0, *special]) + 1}
+    skeleton = AutoModelForSequenceClassification.from_config(derived_config(family, changes, teacher.config))
     missing = set(head_state(teacher)) - set(skeleton.state_dict())
     if missing:
         raise ValueError(f"cannot hold {type(teacher).__name__}'s head: no {sorted(missing)[0]}")
@@ -124,7 +144,7 @@ class RTCClassifier(nn.Module):
         kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         hidden = self.student.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         head = classification_head(self.teacher_head)
-        return SequenceClassifierOutput(logits=head(self.projector(hidden.last_hidden_state)))
+        return SequenceClassifierOutput(logits=head(self.projector(hidden.last_hidden_state), attention_mask))
 
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)
@@ -138,20 +158,21 @@ class RTCClassifier(nn.Module):
         state = load_file(str(path / RTC_PROJECTOR))
         projector = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
         projector.load_state_dict(state)
-        with loading_quietly():  # the new head's initialisation is expected
+        with loading_quietly():
             student = AutoModelForSequenceClassification.from_pretrained(path)
         teacher_head = AutoModelForSequenceClassification.from_pretrained(path / RTC_TEACHER_HEAD)
         return cls(student, projector, teacher_head.eval().requires_grad_(False))
 
 
 def init_from_teacher_layers(student: PreTrainedModel, teacher: PreTrainedModel) -> None:
-    """Copy the teacher's embeddings and first M layers into the M-layer student (same widths)."""
+    """Copy the teacher's first M layers into the M-layer student, and every other encoder tensor of the
+    teacher (embeddings, final norms, relative-position tables, pooler...): same family and widths."""
     s_layers, t_layers = encoder_layers(student), encoder_layers(teacher)
     if len(s_layers) > len(t_layers):
         raise ValueError(f"student has {len(s_layers)} layers, the teacher only {len(t_layers)}")
     try:
-        student.base_model.embeddings.load_state_dict(teacher.base_model.embeddings.state_dict())
-        for s_layer, t_layer in zip(s_layers, t_layers):
-            s_layer.load_state_dict(t_layer.state_dict())
-    except RuntimeError as err:
-        raise ValueError(f"student_init: teacher_layers needs the teacher's layer shapes: {err}") from err
+        copy_from_teacher(student, teacher, range(1, len(s_layers) + 1), with_head=False)
+    except ValueError as err:
+        raise ValueError(
+            f"student_init: teacher_layers needs the teacher's family and layer shapes: {err}"
+        ) from err

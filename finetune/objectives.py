@@ -184,7 +184,8 @@ class TaskDistiller(nn.Module):
     def _student_forward(self, inputs: dict):
         out = self.student(**inputs, output_hidden_states=True)
         if self.method == "ild_rtc":  # the reused teacher classifier on the projected last layer
-            return self._teacher_head(self.projector(out.hidden_states[-1])), out.hidden_states
+            head_input = self.projector(out.hidden_states[-1])
+            return self._teacher_head(head_input, inputs["attention_mask"]), out.hidden_states
         return out.logits, out.hidden_states
 
     def logits(self, inputs: dict) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Inference latency of students and teacher (``pretrain-distill latency``, whose ``--help`` says how it is
-measured): models built from presets, shapes ``L,A,H,F`` or model directories, timed interleaved, each
-with its ratio to the teacher, as a Markdown table beside the paper's Table 1."""
+measured): models built from presets, shapes ``L,A,H,F`` (either after a family, ``modernbert:3L``) or
+model directories, timed interleaved, each with its ratio to the teacher, as a Markdown table beside the
+paper's Table 1."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pretrain_distill.core.console import loading_quietly
 from pretrain_distill.core.distributed import require_device
 from pretrain_distill.core.errors import ConfigError
 from pretrain_distill.models import PRESETS, StudentSpec, encoder_parameter_count, spec_of
+from pretrain_distill.models.families import attention_implementation, family_for_model_type, family_of
 from pretrain_distill.models.students import student_config
 
 #: The paper's CPU latencies, milliseconds, monolingual (Table 1); the teacher is BERT-base.
@@ -138,46 +140,74 @@ def teacher_config(teacher: str):
     return AutoConfig.from_pretrained(path)
 
 
-def parse_shape(text: str):
-    """A preset name or ``L,A,H,F`` as a :class:`StudentSpec`; None when ``text`` is neither form."""
-    if text in PRESETS:
-        return PRESETS[text]
-    parts = text.split(",")
+@dataclass(frozen=True)
+class Shape:
+    """A student shape to build: its family (a model type; "" = the teacher's) and ``[L, A, H, F]``."""
+
+    family: str
+    spec: StudentSpec
+
+    @property
+    def text(self) -> str:
+        """``family:L,A,H,F`` (or ``L,A,H,F`` in the teacher's family), as the commands accept it."""
+        numbers = ",".join(map(str, self.spec.as_list()))
+        return f"{self.family}:{numbers}" if self.family else numbers
+
+
+def parse_shape(text: str) -> Shape | None:
+    """A preset name or ``L,A,H,F``, optionally after a family prefix (``modernbert:3,12,384,1024``,
+    ``deberta-v2:3L``); None when ``text`` is none of these forms (e.g. a model directory)."""
+    family, sep, rest = text.partition(":")
+    if sep and "/" not in family:
+        try:
+            family_for_model_type(family)
+        except ValueError as err:
+            raise ConfigError(f"shape {text!r}: {err}") from None
+    else:
+        family, rest = "", text
+    if rest in PRESETS:
+        return Shape(family, PRESETS[rest])
+    parts = rest.split(",")
     if len(parts) != 4:
+        if family:
+            raise ConfigError(f"shape {text!r}: after {family}: give a preset or L,A,H,F")
         return None
     try:
         numbers = [int(p) for p in parts]
     except ValueError:
         raise ConfigError(f"shape {text!r}: L,A,H,F must be four integers") from None
     try:
-        return StudentSpec(*numbers)
+        return Shape(family, StudentSpec(*numbers))
     except ValueError as err:
         raise ConfigError(f"shape {text!r}: {err}") from None
 
 
 def build_model(target: str, teacher: str) -> nn.Module:
-    """The bare encoder ``target`` names: a preset / ``L,A,H,F`` (random weights, teacher's family) or
-    a Hugging Face model directory (its weights)."""
-    spec = parse_shape(target)
-    if spec is not None:
-        return AutoModel.from_config(
-            student_config(spec, teacher_config(teacher)), attn_implementation="sdpa"
-        )
+    """The bare encoder ``target`` names: a preset / ``L,A,H,F`` with an optional ``family:`` prefix (random
+    weights; the teacher's family by default) or a Hugging Face model directory (its weights)."""
+    shape = parse_shape(target)
+    if shape is not None:
+        config = student_config(shape.spec, teacher_config(teacher), family=shape.family or None)
+        return AutoModel.from_config(config, attn_implementation=attention_implementation(family_of(config)))
     if (Path(target) / "config.json").is_file():
+        config = AutoConfig.from_pretrained(target)
         with loading_quietly():  # its bare encoder is timed: an MLM head in the directory is not read
-            return AutoModel.from_pretrained(target, attn_implementation="sdpa")
+            return AutoModel.from_pretrained(
+                target, attn_implementation=attention_implementation(family_of(config))
+            )
     raise ConfigError(
-        f"model {target!r}: not a preset (6L-DistilBERT, 6L, 4L, 3L), a shape L,A,H,F or a model "
-        "directory with a config.json"
+        f"model {target!r}: not a preset (6L-DistilBERT, 6L, 4L, 3L), a shape L,A,H,F (each optionally "
+        "after a family, modernbert:3,12,384,1024) or a model directory with a config.json"
     )
 
 
 def build_teacher_model(teacher: str) -> nn.Module:
     """The teacher's bare encoder: BERT-base's shape with random weights, or the model at a path."""
+    config = teacher_config(teacher)  # a clear error for a bad path
+    attention = attention_implementation(family_of(config))
     if teacher == BERT_BASE:
-        return AutoModel.from_config(teacher_config(teacher), attn_implementation="sdpa")
-    teacher_config(teacher)  # a clear error for a bad path
-    return AutoModel.from_pretrained(resolve_model_path(teacher), attn_implementation="sdpa")
+        return AutoModel.from_config(config, attn_implementation=attention)
+    return AutoModel.from_pretrained(resolve_model_path(teacher), attn_implementation=attention)
 
 
 def shape_of(model: nn.Module) -> list[int] | None:

@@ -1,9 +1,12 @@
 """An MLM head fitted on a frozen teacher that has none (all-MiniLM-L6-v2), so that OD transfer can read
 its output distribution (``pretrain-distill fit-mlm-head``, whose ``--help`` says what is trained and how).
 
-Only the head trains (BERT / RoBERTa / XLM-R style: the transform and the output bias, the decoder tied to
-the frozen input embeddings), with dynamic masking on the prepared shards and the LR schedule of both
-stages; the result is a ``*ForMaskedLM`` directory plus ``mlm_head.json``.
+Only the head trains: the family's MLM head chain (BERT's ``cls``, RoBERTa's ``lm_head``, ModernBERT's
+``head -> decoder``, ELECTRA's ``generator_predictions -> generator_lm_head``, DeBERTa's ``cls``, ...;
+see :mod:`pretrain_distill.models.families`) except a decoder tied to the frozen input embeddings, with
+dynamic masking on the prepared shards and the LR schedule of both stages. This gives OD a teacher head
+where the checkpoint has none (all-MiniLM-L6-v2, ELECTRA discriminators, DeBERTa-v3); the result is a
+``*ForMaskedLM`` directory plus ``mlm_head.json``.
 """
 
 from __future__ import annotations
@@ -27,19 +30,19 @@ from pretrain_distill.core.model_names import find_model
 from pretrain_distill.core.tokenizer_loading import load_tokenizer
 from pretrain_distill.data import DynamicMasker, build_dataloader
 from pretrain_distill.data.manifest import check_tokenizer
-from pretrain_distill.models.families import base_model, mlm_head
+from pretrain_distill.models.families import base_model, detect_family, mlm_head
 from pretrain_distill.models.teacher import freeze
 from pretrain_distill.run_config import DataConfig
 
 
 def mlm_head_module(model: nn.Module) -> nn.Module:
-    """The one child of a ``*ForMaskedLM`` that maps final hidden states to logits (``cls``, ``lm_head``)."""
+    """The family's MLM head chain of a ``*ForMaskedLM`` (final hidden states -> logits) as one module."""
     head = mlm_head(model)
     if head is None:
         names = [n for n, m in model.named_children() if m is not base_model(model)]
         raise ValueError(
-            f"{type(model).__name__}: expected one MLM head module next to the encoder, found {names}; "
-            "fit-mlm-head supports BERT, RoBERTa and XLM-R style heads"
+            f"{type(model).__name__}: expected its family's MLM head modules "
+            f"{', '.join(detect_family(model).mlm_head)} next to the encoder, found {names}"
         )
     return head
 
@@ -135,7 +138,7 @@ def fit_mlm_head(
         "batch_size": batch_size,
         "lr": lr,
         "seed": seed,
-        "trained": sorted(name for name, p in mlm_head_module(model).named_parameters() if p.requires_grad),
+        "trained": sorted(name for name, p in model.named_parameters() if p.requires_grad),
         **_masked_metrics(history[:n], f"first_{n}_steps"),
         **_masked_metrics(history[-n:], f"last_{n}_steps"),
         "seconds": round(time.time() - start, 1),

@@ -22,6 +22,9 @@ class TeacherConfig:
     tokenizer: str = ""
     # Teacher weights' dtype on the accelerator: "auto" = bf16 on GPU, fp32 on CPU.
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    # Attention implementation: "auto" = the family's preferred one (SDPA where the family allows it,
+    # eager where it requires it: DeBERTa, MPNet); "flash_attention_2" needs CUDA and flash-attn.
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
 
 
 @dataclass
@@ -38,6 +41,13 @@ class StudentConfig:
     init: Literal["random", "teacher"] = "random"
     # Start from this exported student / run checkpoint instead (multi-stage: OD after HS).
     init_from: str = ""
+    # Encoder family of the student, as a model type (bert, roberta, xlm-roberta, camembert,
+    # xlm-roberta-xl, electra, distilbert, modernbert, deberta-v2, eurobert, mpnet); "" = the
+    # teacher's. Another family shares the teacher's tokenizer (e.g. a ModernBERT student of a BERT
+    # teacher); init: teacher needs the teacher's family. See docs/models.md.
+    family: str = ""
+    # Attention implementation, as teacher.attention.
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
 
     # Allowed values of the numeric fields (checked at load time; see configuration.check_range).
     RANGES: ClassVar[dict[str, str]] = {"layers": ">= 1", "heads": ">= 1", "hidden": ">= 1", "ffn": ">= 1"}
@@ -65,6 +75,10 @@ class ObjectiveConfig:
     # student layer (1-based; null = the last layer).
     teacher_layer: str = "L_T-1"
     student_layer: Optional[int] = None
+    # Rotary families (ModernBERT, EuroBERT): tap Q and K "before" the rotary position embedding
+    # (default: content-only relations, comparable across families) or "after" it (what the layer's
+    # attention scores use). V is never rotated; families without rotary ignore this.
+    qk_rotary: Literal["before", "after"] = "before"
     # MiniLMv2 relation heads A_r (48 for base-size teachers; must divide both widths).
     relation_heads: int = 48
     # DirectMiniLM relation heads A_r (eq. 10: A_r = A_h); null = the student's attention heads.
@@ -221,6 +235,8 @@ class RunConfig:
 RESUME_MAY_CHANGE: tuple[str, ...] = (
     "teacher.tokenizer",
     "teacher.dtype",
+    "teacher.attention",
+    "student.attention",
     "data.shards",
     "data.num_workers",
     "data.prefetch_factor",

@@ -23,13 +23,21 @@ from pretrain_distill.engine.trainer import Trainer
 from pretrain_distill.latency import (
     BERT_BASE,
     LatencySettings,
+    Shape,
     build_model,
     build_teacher_model,
     measure_latencies,
     parse_shape,
     teacher_config,
 )
-from pretrain_distill.models import encoder_parameter_count, spec_from_config, spec_of
+from pretrain_distill.models import (
+    StudentSpec,
+    encoder_parameter_count,
+    family_for_model_type,
+    family_of,
+    spec_from_config,
+    spec_of,
+)
 from pretrain_distill.objectives.mappings import reachable_mapping
 from pretrain_distill.run_config import RunConfig, load_run_config
 
@@ -60,15 +68,23 @@ def kd_nas_reward(
 
 @dataclass(frozen=True)
 class Candidate:
-    """A candidate as the user wrote it (``name``) and its shape ``[L, A, H, F]``."""
+    """A candidate as the user wrote it (``name``), its shape ``[L, A, H, F]`` and its family (a model
+    type such as ``modernbert``; "" = the student config's, by default the teacher's)."""
 
     name: str
     shape: tuple[int, int, int, int]
+    family: str = ""
 
     @property
     def key(self) -> str:
-        """Directory / record key, one per shape: ``L3-A12-H384-F1024``."""
-        return "L{}-A{}-H{}-F{}".format(*self.shape)
+        """Directory / record key, one per family and shape: ``L3-A12-H384-F1024``, ``modernbert-L3-...``."""
+        shape = "L{}-A{}-H{}-F{}".format(*self.shape)
+        return f"{self.family}-{shape}" if self.family else shape
+
+    @property
+    def target(self) -> str:
+        """The candidate as ``latency`` builds it: ``L,A,H,F`` or ``family:L,A,H,F``."""
+        return Shape(self.family, StudentSpec(*self.shape)).text
 
 
 def check_candidates(texts: Sequence[str], teacher_config: Any, mapping: Any, init: str) -> list[Candidate]:
@@ -79,11 +95,16 @@ def check_candidates(texts: Sequence[str], teacher_config: Any, mapping: Any, in
     candidates, reasons, seen = [], [], {}
     for text in texts:
         try:
-            spec = parse_shape(text)
-            if spec is None:
+            parsed = parse_shape(text)
+            if parsed is None:
                 raise ConfigError("not a preset (6L-DistilBERT, 6L, 4L, 3L) nor a shape L,A,H,F")
+            spec = parsed.spec
             reachable_mapping(mapping, teacher.layers, spec.layers)
             if init == "teacher":
+                if parsed.family and family_for_model_type(parsed.family) is not family_of(teacher_config):
+                    raise ConfigError(
+                        f"student.init=teacher copies teacher weights: {parsed.family} is another family"
+                    )
                 if spec.layers > teacher.layers:
                     raise ConfigError(
                         f"student.init=teacher copies teacher layers: {spec.layers} layers > the teacher's "
@@ -97,9 +118,9 @@ def check_candidates(texts: Sequence[str], teacher_config: Any, mapping: Any, in
         except (ValueError, TypeError) as err:  # ConfigError is a ValueError
             reasons.append(f"{text}: {str(err).removeprefix(f'shape {text!r}: ')}")
             continue
-        candidate = Candidate(text, tuple(spec.as_list()))
+        candidate = Candidate(text, tuple(spec.as_list()), parsed.family)
         if candidate.key in seen:
-            reasons.append(f"{text}: the same shape as {seen[candidate.key]}")
+            reasons.append(f"{text}: the same family and shape as {seen[candidate.key]}")
             continue
         seen[candidate.key] = text
         candidates.append(candidate)
@@ -196,6 +217,7 @@ def run_config(
         shape = ["student.preset=null"] + [
             f"student.{k}={v}" for k, v in zip(("layers", "heads", "hidden", "ffn"), candidate.shape)
         ]
+        shape += [f"student.family={candidate.family}"] if candidate.family else []
     overrides = [
         f"teacher.path={settings.teacher}",
         *shape,
@@ -219,9 +241,12 @@ def run_config(
         raise ConfigError(
             f"search distils with HS only (the reward reads L_HS), got objective.weights {cfg.objective.weights}"
         )
-    if candidate is not None and tuple(spec_from_config(cfg.student).as_list()) != candidate.shape:
+    if candidate is not None and (
+        tuple(spec_from_config(cfg.student).as_list()) != candidate.shape
+        or (candidate.family and cfg.student.family != candidate.family)
+    ):
         raise ConfigError(
-            "the candidates give the student's shape: a config file or override may not change it"
+            "the candidates give the student's shape and family: a config file or override may not change them"
         )
     return cfg
 
@@ -293,11 +318,11 @@ def markdown_table(state: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def measure_pair(shape: Sequence[int], teacher: str, settings: LatencySettings) -> dict[str, Any]:
-    """Latency of a shape (random weights) and of the teacher, measured interleaved (so both see the same
-    load of a shared machine), and the shape's encoder parameters."""
+def measure_pair(target: str, teacher: str, settings: LatencySettings) -> dict[str, Any]:
+    """Latency of a shape ``L,A,H,F`` or ``family:L,A,H,F`` (random weights) and of the teacher, measured
+    interleaved (so both see the same load of a shared machine), and the shape's encoder parameters."""
 
-    student = build_model(",".join(map(str, shape)), teacher)
+    student = build_model(target, teacher)
     s_stats, t_stats = measure_latencies([student, build_teacher_model(teacher)], settings)
     return {
         "latency": asdict(s_stats),
@@ -333,7 +358,7 @@ def search(settings: SearchSettings, candidate_texts: Sequence[str], out: Path) 
         )
         cfg = run_config(settings, train_dir, run_dir, candidate)
         losses = distill_and_validate(cfg, val_dir, settings.val_batches)
-        measured = measure_pair(candidate.shape, settings.teacher, settings.latency)
+        measured = measure_pair(candidate.target, settings.teacher, settings.latency)
         hs_loss = losses["hs"]
         if hs_loss >= 1.0:
             print(

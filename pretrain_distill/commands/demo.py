@@ -55,7 +55,7 @@ from pretrain_distill.export import export_run
 from pretrain_distill.export.encoder import exported_form
 from pretrain_distill.latency import LatencySettings, latency_rows
 from pretrain_distill.mlm_head import fit_mlm_head
-from pretrain_distill.models import build_student, spec_from_config
+from pretrain_distill.models import build_student, spec_from_config, special_token_ids
 from pretrain_distill.plot import plot_run
 from pretrain_distill.run_config import RunConfig, load_run_config
 
@@ -164,9 +164,15 @@ def random_init_student(cfg: RunConfig, out: Path) -> Path:
     pooler): the no-distillation baseline."""
     teacher = resolve_model_path(cfg.teacher.path)
     torch.manual_seed(cfg.train.seed)
-    student = build_student(spec_from_config(cfg.student), AutoConfig.from_pretrained(teacher))
+    tokenizer = load_tokenizer(teacher)
+    student = build_student(
+        spec_from_config(cfg.student),
+        AutoConfig.from_pretrained(teacher),
+        family=cfg.student.family,
+        token_ids=special_token_ids(tokenizer),
+    )
     exported_form(student, with_mlm_head=False).save_pretrained(out)
-    load_tokenizer(teacher).save_pretrained(out)
+    tokenizer.save_pretrained(out)
     return out
 
 

@@ -1,13 +1,15 @@
-"""Fit an MLM head on a frozen teacher that has none (all-MiniLM-L6-v2), so that OD transfer can read
-its output distribution:
+"""Fit an MLM head on a frozen teacher that has none (all-MiniLM-L6-v2, an ELECTRA discriminator, a
+DeBERTa-v3 checkpoint), so that OD transfer can read its output distribution:
 
   pretrain-distill fit-mlm-head --shards runs/shards/wiki --out runs/teacher_mlm --steps 1000
   pretrain-distill train students/3L objectives/od teacher.path=runs/teacher_mlm \\
       student.init_from=runs/hs/export                      # OD as the second stage after HS
 
 The teacher's encoder stays frozen (eval mode, inference mode, its outputs unchanged). Only the head
-trains: for BERT, RoBERTa and XLM-R the transform (dense + activation + LayerNorm) and the output bias,
-with the decoder tied to the frozen input embeddings as in BERT. Data: the prepared shards with dynamic
+trains: the family's MLM head chain (docs/models.md), e.g. for BERT, RoBERTa and XLM-R the transform
+(dense + activation + LayerNorm) and the output bias, for ModernBERT `head` and the decoder bias, for
+ELECTRA `generator_predictions` and `generator_lm_head`'s bias, with a decoder tied to the frozen input
+embeddings left as it is. Data: the prepared shards with dynamic
 MLM masking (15%, 80/10/10); loss: cross-entropy over the masked positions, the head run on those
 positions only; AdamW with linear warmup (5%) and decay. The output is a ``*ForMaskedLM`` directory (the
 teacher's encoder weights as they were, the fitted head, the tokenizer) plus ``mlm_head.json`` with the

@@ -2,11 +2,13 @@
 
   pretrain-distill latency                                   # the paper's presets vs a BERT-base teacher
   pretrain-distill latency 3L 6L 2,4,128,512 runs/distill/export --teacher minilm --threads 2
+  pretrain-distill latency 3,12,384,1024 modernbert:3,12,384,743       # another family, same parameters
   pretrain-distill latency --device cuda --batch 32 --seq 256 --out runs/latency.md
 
 MODELS are preset names (6L-DistilBERT, 6L, 4L, 3L; default: all four), custom shapes `L,A,H,F`
-(layers, heads, hidden, ffn) and exported Hugging Face model directories. Presets and shapes are built
-from the teacher's config (its vocabulary, positions and family) with random weights: latency depends on
+(layers, heads, hidden, ffn), either after an encoder family (`modernbert:3L`, `deberta-v2:3,12,384,1024`;
+see docs/models.md), and exported Hugging Face model directories. Presets and shapes are built from the
+teacher's config (its vocabulary, positions and, without a prefix, its family) with random weights: latency depends on
 the shape, not on the weights. Model directories are loaded as they are. `--teacher bert-base` (default)
 is BERT-base's shape (12 x 768, 12 heads, FFN 3072, 30,522 tokens) built from its config with random
 weights, so nothing is downloaded; a path or `minilm` loads a real teacher.
@@ -66,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "models",
         nargs="*",
         metavar="MODEL",
-        help="presets, shapes L,A,H,F and model directories (default: the four presets)",
+        help="presets, shapes L,A,H,F (either after a family: modernbert:3L) and model directories "
+        "(default: the four presets)",
     )
     parser.add_argument(
         "--teacher",

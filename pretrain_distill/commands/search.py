@@ -3,7 +3,9 @@
   pretrain-distill search --teacher minilm --shards runs/shards/wiki --steps 300 \\
       --candidates 3L 2,12,384,1536 3,12,192,768 2,6,192,768 --out runs/search
 
-Each candidate (a preset name or a shape `L,A,H,F`) is distilled by the engine (`pretrain-distill
+Each candidate (a preset name or a shape `L,A,H,F`, either after an encoder family of the teacher's
+tokenizer: `modernbert:3,12,384,1024`; default: the student config's family, the teacher's) is distilled
+by the engine (`pretrain-distill
 train`'s Trainer) with HS transfer (eq. 6) for `--steps` steps on the same data, batch, seed and
 schedule as every other candidate; then its validation HS loss L_HS is measured (eval mode, no
 gradients, the first `--val-batches` batches of the held-out shards in a fixed seeded order) and its
@@ -24,7 +26,7 @@ candidates. `--mapping` changes it; YAML files and `section.key=value` overrides
 setting (the objective must stay HS only: the reward reads L_HS).
 
 Output (in `--out`): `search.json` (settings, one record per finished candidate),
-`search.md` (the ranked table), `candidates/<shape>/` (each candidate's run directory). Running the same
+`search.md` (the ranked table), `candidates/[<family>-]<shape>/` (each candidate's run directory). Running the same
 command again resumes: finished candidates are not re-run, a candidate stopped mid-way continues from its
 last checkpoint (train.resume=auto), new candidates are added; other settings than the candidates must
 be unchanged (error otherwise). Every candidate is checked before any training: a bad shape (heads not
@@ -59,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         required=True,
         metavar="SPEC",
-        help="presets (3L, 4L, ...) or shapes L,A,H,F",
+        help="presets (3L, 4L, ...) or shapes L,A,H,F, optionally after a family (modernbert:3L)",
     )
     parser.add_argument("--steps", type=int, required=True, help="HS distillation steps per candidate")
     parser.add_argument("--out", default="runs/search", help="search directory (default: runs/search)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from pretrain_distill.models.families import family_of
 from pretrain_distill.models.students import encoder_parameter_count, spec_of
 from pretrain_distill.run_config import RunConfig
 
@@ -20,8 +21,8 @@ def startup_summary(
     resumed_step: int = 0,
     resume_changes: Sequence[str] = (),
 ) -> str:
-    """Teacher, student and its parameter count, objective, mapping, global batch, steps, tokens, output,
-    and the settings a resumed run changed."""
+    """Teacher, student (shape, parameter count, init, family), objective, mapping, global batch, steps,
+    tokens, output, and the settings a resumed run changed."""
     global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum * world_size
     totals = manifest.get("totals", {})
     per_sequence = totals.get("tokens", 0) / max(totals.get("sequences", 0), 1)
@@ -32,7 +33,7 @@ def startup_summary(
     lines = [
         f"teacher    {cfg.teacher.path}",
         f"student    [layers, heads, hidden, ffn] = {shape}, {encoder_parameter_count(student) / 1e6:.2f}M "
-        f"encoder parameters, init {init}",
+        f"encoder parameters, init {init}, family {family_of(student.config).name}",
         f"objective  {weights}",
         f"mapping    {list(map(list, mapping)) if mapping is not None else '- (no hs term)'}"
         + (

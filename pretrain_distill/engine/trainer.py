@@ -47,7 +47,7 @@ from pretrain_distill.engine.signals import PreemptionFlag
 from pretrain_distill.engine.speed import compile_layers
 from pretrain_distill.engine.state import TrainState, deepspeed_source, load_checkpoint, save_checkpoint
 from pretrain_distill.engine.summary import trainer_summary
-from pretrain_distill.models import build_student_from_config, build_teacher
+from pretrain_distill.models import build_student_from_config, build_teacher, special_token_ids
 from pretrain_distill.objectives import Distiller
 from pretrain_distill.run_config import RunConfig
 
@@ -229,7 +229,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # identical student init and maps on every rank
         needs_teacher_head = cfg.objective.weights.get("od", 0) > 0
         teacher = build_teacher(cfg.teacher, self.device, needs_mlm_head=needs_teacher_head)
-        student = build_student_from_config(student_cfg, teacher)
+        student = build_student_from_config(student_cfg, teacher, special_token_ids(self.tokenizer))
         self.distiller = Distiller(cfg.objective, student, teacher)
         compile_layers(self.distiller, cfg.train.compile)
         self.total_steps = total_steps(cfg, len(self.loader))

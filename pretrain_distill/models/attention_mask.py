@@ -8,8 +8,8 @@ the host, from the loader's CPU mask, before the batch moves:
 - no padding: no mask at all (``None`` is what the helper would have made of an all-ones mask);
 - padding: the helper's own 4D mask, built by the helper itself with that question switched off
   (``allow_is_bidirectional_skip=False``) for the model's attention implementation; a 4D mask is handed
-  on as it is. Families whose forward builds its masks otherwise (ModernBERT's local layers, DeBERTa's
-  own extended mask) get the 2D mask unchanged.
+  on as it is. Families whose forward builds its masks otherwise (``Family.prepared_mask`` false:
+  ModernBERT's full and sliding-window masks, DeBERTa's own extended mask) get the 2D mask unchanged.
 """
 
 from __future__ import annotations
@@ -18,13 +18,7 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
-from pretrain_distill.models.families import base_model
-
-PREPARED_MASK_MODEL_TYPES = frozenset(
-    {"bert", "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "electra", "distilbert", "mpnet"}
-)
-"""``model_type``s whose encoder calls ``create_bidirectional_mask`` alone (so a prepared 4D mask is
-exactly what it would have built)."""
+from pretrain_distill.models.families import base_model, family_of
 
 
 def encoder_attention_mask(model: nn.Module, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -33,7 +27,7 @@ def encoder_attention_mask(model: nn.Module, attention_mask: torch.Tensor | None
     if attention_mask is None:
         return None
     config = base_model(model).config
-    if config.model_type not in PREPARED_MASK_MODEL_TYPES:
+    if not family_of(config).prepared_mask:
         return attention_mask
     # Only the shape, device and dtype of the embeddings matter to the helper (the eager mask's fill value).
     embeds = torch.empty((*attention_mask.shape, 0), dtype=model.dtype, device=attention_mask.device)

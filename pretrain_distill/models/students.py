@@ -1,9 +1,11 @@
-"""Student encoders of any shape ``[layers, heads, hidden, ffn]``, of the teacher's family.
+"""Student encoders of any shape ``[layers, heads, hidden, ffn]``, of the teacher's family or another one.
 
 The paper's students (Table 1 of 2310.08797) are :data:`PRESETS`; any other shape is given by numbers.
-A student copies everything but its shape from the teacher's config (vocabulary, position and token
-type embeddings, activation, norms), so tokenizer and inputs are shared. ``init="teacher"`` is
-DistilBERT's initialisation: copy the embeddings and the teacher layer that the uniform mapping
+A student of the teacher's family copies everything but its shape from the teacher's config (vocabulary,
+position and token type embeddings, activation, norms); a student of another family (``family=
+"modernbert"`` for a BERT teacher) takes the teacher's vocabulary, positions and special-token ids: either
+way the tokenizer and inputs are shared. ``init="teacher"`` is DistilBERT's initialisation: copy every
+teacher tensor outside the layer list and the teacher layer that the uniform mapping
 ``phi(i) = min(k*i, L_T)``, ``k = ceil(L_T / L_S)``, assigns to each student layer ``i``.
 """
 
@@ -19,14 +21,26 @@ from typing import Literal
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoModel, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from pretrain_distill.core.console import loading_quietly
 from pretrain_distill.models.families import (
+    Family,
+    attention_implementation,
     base_model,
+    derived_config,
     detect_family,
     encoder_layers,
     family_for_model_type,
+    family_of,
+    mlm_head,
 )
 from pretrain_distill.run_config import StudentConfig
 
@@ -85,19 +99,40 @@ def resolve_spec(spec: SpecLike) -> StudentSpec:
 
 def spec_of(config: PretrainedConfig) -> StudentSpec:
     """The ``[layers, heads, hidden, ffn]`` shape of a model config (student or teacher)."""
-    fields = family_for_model_type(config.model_type).shape_fields
-    return StudentSpec(*(getattr(config, f) for f in fields))
+    return StudentSpec(*(getattr(config, f) for f in family_of(config).shape_fields))
 
 
-def student_config(spec: SpecLike, teacher_config: PretrainedConfig) -> PretrainedConfig:
-    """The teacher's config with the student's shape (same family, vocabulary and embeddings)."""
+def student_family(name: str | None, teacher_config: PretrainedConfig) -> Family:
+    """The family a student is built in: ``name`` (a model type such as ``modernbert``), or the teacher's."""
+    return family_for_model_type(name) if name else family_of(teacher_config)
+
+
+def student_config(
+    spec: SpecLike,
+    teacher_config: PretrainedConfig,
+    family: str | None = None,
+    token_ids: dict[str, int] | None = None,
+) -> PretrainedConfig:
+    """The config of a student of shape ``spec`` in ``family`` (default: the teacher's), sharing the
+    teacher's vocabulary (see :func:`pretrain_distill.models.families.derived_config`)."""
     spec = resolve_spec(spec)
-    fields = family_for_model_type(teacher_config.model_type).shape_fields
-    values = teacher_config.to_dict()
-    for key in ("architectures", "_name_or_path", "transformers_version", "dtype", "torch_dtype"):
-        values.pop(key, None)
-    values.update(dict(zip(fields, spec.as_list())))
-    return type(teacher_config).from_dict(values)
+    chosen = student_family(family, teacher_config)
+    return derived_config(chosen, dict(zip(chosen.shape_fields, spec.as_list())), teacher_config, token_ids)
+
+
+def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """The special-token ids a student config records, from the tokenizer it shares with the teacher
+    (bos / eos default to the tokenizer's [CLS] / [SEP], as in ModernBERT's and EuroBERT's configs)."""
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    ids = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "cls_token_id": cls,
+        "sep_token_id": sep,
+        "mask_token_id": tokenizer.mask_token_id,
+        "bos_token_id": cls if tokenizer.bos_token_id is None else tokenizer.bos_token_id,
+        "eos_token_id": sep if tokenizer.eos_token_id is None else tokenizer.eos_token_id,
+    }
+    return {k: v for k, v in ids.items() if v is not None}
 
 
 def teacher_layers_for_init(num_teacher_layers: int, num_student_layers: int) -> list[int]:
@@ -111,7 +146,54 @@ def teacher_layers_for_init(num_teacher_layers: int, num_student_layers: int) ->
     return [min(k * i, num_teacher_layers) for i in range(1, num_student_layers + 1)]
 
 
-def _init_from_teacher(student: PreTrainedModel, teacher: PreTrainedModel) -> None:
+def _teacher_key(key: str, s_prefix: str, t_prefix: str, layers: str, teacher_layers: Sequence[int]) -> str:
+    """The teacher state-dict key a student key is copied from (layer ``i`` <- teacher layer
+    ``teacher_layers[i]``; everything else under the same name)."""
+    if not key.startswith(s_prefix):  # a task head (MLM head, classifier): same name in the teacher
+        return key
+    relative = key[len(s_prefix) :]
+    if relative.startswith(layers + "."):
+        index, _, rest = relative[len(layers) + 1 :].partition(".")
+        relative = f"{layers}.{teacher_layers[int(index)] - 1}.{rest}"
+    return t_prefix + relative
+
+
+def copy_from_teacher(
+    student: PreTrainedModel, teacher: PreTrainedModel, teacher_layers: Sequence[int], with_head: bool
+) -> list[str]:
+    """Copy into ``student`` every base-model tensor of ``teacher`` outside its layer list (embeddings,
+    DeBERTa's ``rel_embeddings``, final norms, ELECTRA's ``embeddings_project``, ...), teacher layer
+    ``teacher_layers[i]`` (1-based) into student layer ``i``, and with ``with_head`` the task head too.
+    Same family and widths (a tensor of another shape is an error). Returns the student parameters left as
+    they were (new)."""
+    family = detect_family(student)
+    if detect_family(teacher) is not family:
+        raise ValueError(
+            f"copying from the teacher needs the teacher's family, got {family.name} and "
+            f"{detect_family(teacher).name}"
+        )
+    s_prefix = "" if base_model(student) is student else student.base_model_prefix + "."
+    t_prefix = "" if base_model(teacher) is teacher else teacher.base_model_prefix + "."
+    source = teacher.state_dict()
+    copied: set[int] = set()
+    with torch.no_grad():
+        for key, tensor in student.state_dict(keep_vars=True).items():
+            if not with_head and not key.startswith(s_prefix):
+                continue
+            t_key = _teacher_key(key, s_prefix, t_prefix, family.layers, teacher_layers)
+            if t_key not in source:
+                continue
+            if source[t_key].shape != tensor.shape:
+                raise ValueError(
+                    f"cannot copy teacher {t_key} {list(source[t_key].shape)} into student {key} "
+                    f"{list(tensor.shape)}"
+                )
+            tensor.copy_(source[t_key])
+            copied.add(id(tensor))
+    return [name for name, p in student.named_parameters() if id(p) not in copied]
+
+
+def _init_from_teacher(student: PreTrainedModel, teacher: PreTrainedModel) -> list[str]:
     s_spec, t_spec = spec_of(student.config), spec_of(teacher.config)
     mismatched = [
         f"{name} {s} != {t}"
@@ -123,21 +205,14 @@ def _init_from_teacher(student: PreTrainedModel, teacher: PreTrainedModel) -> No
             "init='teacher' copies teacher weights, so the student's heads, hidden and ffn must equal "
             f"the teacher's; mismatched: {', '.join(mismatched)} (use init='random')"
         )
-    if type(base_model(student)) is not type(base_model(teacher)):
+    if family_of(student.config) is not family_of(teacher.config):
         raise ValueError(
-            f"init='teacher' needs the teacher's family: student {type(base_model(student)).__name__}, "
-            f"teacher {type(base_model(teacher)).__name__}"
+            f"init='teacher' needs the teacher's family: student {family_of(student.config).name}, "
+            f"teacher {family_of(teacher.config).name} (use init='random')"
         )
-    s_base, t_base = base_model(student), base_model(teacher)
-    with torch.no_grad():
-        s_base.embeddings.load_state_dict(t_base.embeddings.state_dict())
-        s_layers, t_layers = encoder_layers(student), encoder_layers(teacher)
-        for s_index, t_layer in enumerate(teacher_layers_for_init(len(t_layers), len(s_layers))):
-            s_layers[s_index].load_state_dict(t_layers[t_layer - 1].state_dict())
-        if type(student) is type(teacher):  # both have the MLM head: copy it too
-            prefix = student.base_model_prefix + "."
-            head = {k: v for k, v in teacher.state_dict().items() if not k.startswith(prefix)}
-            student.load_state_dict(head, strict=False)
+    layers = teacher_layers_for_init(len(encoder_layers(teacher)), len(encoder_layers(student)))
+    with_head = mlm_head(student) is not None and type(student) is type(teacher)
+    return copy_from_teacher(student, teacher, layers, with_head)
 
 
 def build_student(
@@ -146,23 +221,28 @@ def build_student(
     init: Literal["random", "teacher"] = "random",
     teacher: PreTrainedModel | None = None,
     with_mlm_head: bool = True,
+    family: str | None = None,
+    attention: str = "auto",
+    token_ids: dict[str, int] | None = None,
 ) -> PreTrainedModel:
-    """A student of the teacher's family (``*ForMaskedLM`` unless ``with_mlm_head=False``).
+    """A student of ``family`` (default: the teacher's), ``*ForMaskedLM`` unless ``with_mlm_head=False``.
 
-    ``init="teacher"`` (needs ``teacher``) copies the teacher's embeddings, every k-th layer and, when the
-    teacher has one, its MLM head; widths must match. Built on the current default device (use
-    ``with torch.device("meta")`` to count parameters without allocating).
+    ``init="teacher"`` (needs ``teacher``, of the same family and widths) copies every teacher tensor outside
+    the layer list, every k-th layer and, when the teacher has one, its MLM head. ``attention``: ``auto`` (the
+    family's preferred implementation), ``sdpa``, ``eager`` or ``flash_attention_2``. Built on the current
+    default device (use ``with torch.device("meta")`` to count parameters without allocating).
     """
     spec = resolve_spec(spec)
     if init not in ("random", "teacher"):
         raise ValueError(f"student init must be 'random' or 'teacher', got {init!r}")
-    config = student_config(spec, teacher_config)
+    config = student_config(spec, teacher_config, family, token_ids)
     factory = AutoModelForMaskedLM if with_mlm_head else AutoModel
-    student = factory.from_config(config, attn_implementation="sdpa")
+    student = factory.from_config(
+        config, attn_implementation=attention_implementation(family_of(config), attention)
+    )
     if init == "teacher":
         if teacher is None:
             raise ValueError("init='teacher' needs the teacher model (teacher=...)")
-        detect_family(teacher)
         _init_from_teacher(student, teacher)
     return student
 
@@ -187,11 +267,26 @@ def spec_from_config(student_cfg: StudentConfig) -> StudentSpec:
     return replace(base, **{k: v for k, v in numbers.items() if v is not None})
 
 
-def _load_init_from(path: Path, spec: StudentSpec, teacher: PreTrainedModel) -> PreTrainedModel:
+def _load_init_from(
+    path: Path, spec: StudentSpec, teacher: PreTrainedModel, student_cfg: StudentConfig, token_ids
+) -> PreTrainedModel:
+    family = student_family(student_cfg.family, teacher.config)
     if path.is_dir():
+        config = AutoConfig.from_pretrained(path)
+        if family_of(config) is not family:
+            raise ValueError(
+                f"student.init_from {path} is a {config.model_type!r} model, the student a {family.name} one "
+                f"(student.family {student_cfg.family or 'unset: the teacher' + chr(39) + 's'})"
+            )
+        if spec_of(config) != spec:
+            raise ValueError(
+                f"student.init_from {path} holds a {spec_of(config).as_list()} model but the "
+                f"student config asks for {spec.as_list()}: make them agree"
+            )
+        attention = attention_implementation(family, student_cfg.attention)
         with loading_quietly():  # an export is the base encoder: the missing MLM head is said below
             student, info = AutoModelForMaskedLM.from_pretrained(
-                path, attn_implementation="sdpa", output_loading_info=True
+                path, attn_implementation=attention, output_loading_info=True
             )
         prefix = student.base_model_prefix + "."
         if any(k.startswith(prefix) for k in info["missing_keys"]):
@@ -202,23 +297,19 @@ def _load_init_from(path: Path, spec: StudentSpec, teacher: PreTrainedModel) -> 
                 "(only the od and mlm terms read it)",
                 path,
             )
-        if spec_of(student.config) != spec:
-            raise ValueError(
-                f"student.init_from {path} holds a {spec_of(student.config).as_list()} model but the "
-                f"student config asks for {spec.as_list()}: make them agree"
-            )
-        if student.config.model_type != teacher.config.model_type:
-            raise ValueError(
-                f"student.init_from {path} is a {student.config.model_type!r} model, the teacher a "
-                f"{teacher.config.model_type!r} one"
-            )
         return student
     if path.is_file():
         if path.suffix == ".safetensors":
             state = load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        student = build_student(spec, teacher.config)
+        student = build_student(
+            spec,
+            teacher.config,
+            family=student_cfg.family,
+            attention=student_cfg.attention,
+            token_ids=token_ids,
+        )
         student.load_state_dict(state)
         return student
     raise FileNotFoundError(
@@ -226,13 +317,24 @@ def _load_init_from(path: Path, spec: StudentSpec, teacher: PreTrainedModel) -> 
     )
 
 
-def build_student_from_config(student_cfg: StudentConfig, teacher: PreTrainedModel) -> PreTrainedModel:
-    """The student a :class:`StudentConfig` describes, of ``teacher``'s family, as ``*ForMaskedLM``.
+def build_student_from_config(
+    student_cfg: StudentConfig, teacher: PreTrainedModel, token_ids: dict[str, int] | None = None
+) -> PreTrainedModel:
+    """The student a :class:`StudentConfig` describes, as ``*ForMaskedLM``, in ``student.family`` (default:
+    the teacher's), with the special-token ids ``token_ids`` (see :func:`special_token_ids`).
 
     ``init_from`` (a Hugging Face model directory such as an exported student, or a state-dict file
-    ``.safetensors`` / ``.pt`` / ``.bin``) wins over ``init``; its shape must match the config's.
+    ``.safetensors`` / ``.pt`` / ``.bin``) wins over ``init``; its family and shape must match the config's.
     """
     spec = spec_from_config(student_cfg)
     if student_cfg.init_from:
-        return _load_init_from(Path(student_cfg.init_from), spec, teacher)
-    return build_student(spec, teacher.config, init=student_cfg.init, teacher=teacher)
+        return _load_init_from(Path(student_cfg.init_from), spec, teacher, student_cfg, token_ids)
+    return build_student(
+        spec,
+        teacher.config,
+        init=student_cfg.init,
+        teacher=teacher,
+        family=student_cfg.family,
+        attention=student_cfg.attention,
+        token_ids=token_ids,
+    )

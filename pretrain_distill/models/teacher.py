@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoModelForMaskedLM, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, PreTrainedModel
 
 from pretrain_distill.core.assets import resolve_model_path
 from pretrain_distill.core.console import loading_quietly
-from pretrain_distill.models.families import base_model, encoder_layers, set_encoder_layers
+from pretrain_distill.models.families import (
+    attention_implementation,
+    encoder_layers,
+    family_of,
+    mlm_head,
+    set_encoder_layers,
+)
 from pretrain_distill.run_config import TeacherConfig
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -21,6 +27,13 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 class MissingMLMHeadError(ValueError):
     """The teacher has no trained MLM head, but a loss (OD) needs its output distribution."""
+
+
+#: What to do about a teacher without a trained MLM head (all-MiniLM-L6-v2, ELECTRA discriminators, DeBERTa-v3).
+FIT_MLM_HEAD_HINT = (
+    "fit one on the frozen teacher with `pretrain-distill fit-mlm-head --teacher T --shards S --out DIR` "
+    "and distil from DIR, or drop the 'od' term"
+)
 
 
 def teacher_dtype(name: str, device: torch.device | str) -> torch.dtype:
@@ -40,8 +53,8 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 def has_mlm_head(model: nn.Module) -> bool:
-    """Whether ``model`` carries an MLM head (a ``*ForMaskedLM`` model)."""
-    return base_model(model) is not model and model.get_output_embeddings() is not None
+    """Whether ``model`` carries its family's MLM head chain (a ``*ForMaskedLM`` model)."""
+    return mlm_head(model) is not None
 
 
 def truncate_layers(model: nn.Module, depth: int) -> nn.Module:
@@ -63,15 +76,17 @@ def build_teacher(
     """Load the teacher frozen, in eval mode, on ``device`` in ``dtype`` (default: ``teacher_cfg.dtype``).
 
     With ``needs_mlm_head`` it is loaded as ``AutoModelForMaskedLM`` and must have trained MLM head
-    weights (:class:`MissingMLMHeadError` otherwise, e.g. for all-MiniLM-L6-v2); without, as the bare
-    ``AutoModel`` with the pooler dropped (no loss reads it).
+    weights (:class:`MissingMLMHeadError` otherwise, e.g. for all-MiniLM-L6-v2, an ELECTRA discriminator
+    or a DeBERTa-v3 checkpoint); without, as the bare ``AutoModel`` with the pooler dropped (no loss reads
+    it). The attention implementation is ``teacher_cfg.attention`` (``auto``: the family's preferred one).
     """
     path = resolve_model_path(teacher_cfg.path)
     dtype = dtype or teacher_dtype(teacher_cfg.dtype, device)
+    attention = attention_implementation(family_of(AutoConfig.from_pretrained(path)), teacher_cfg.attention)
     factory = AutoModelForMaskedLM if needs_mlm_head else AutoModel
     with loading_quietly():  # an MLM head or pooler the run does not read is no news; checked below
         model, info = factory.from_pretrained(
-            path, dtype=dtype, attn_implementation="sdpa", output_loading_info=True
+            path, dtype=dtype, attn_implementation=attention, output_loading_info=True
         )
     prefix = model.base_model_prefix + "." if needs_mlm_head else ""
     encoder_missing = sorted(
@@ -85,9 +100,8 @@ def build_teacher(
         head_missing = [k for k in info["missing_keys"] if not k.startswith(prefix)]
         if head_missing:
             raise MissingMLMHeadError(
-                f"teacher {path} has no MLM head weights (missing {', '.join(sorted(head_missing))}): "
-                "the OD loss needs the teacher's MLM logits; use a teacher with a trained MLM head "
-                "or drop the 'od' term"
+                f"teacher {path} has no trained MLM head (missing {', '.join(sorted(head_missing))}), and "
+                f"the 'od' term needs its MLM logits: {FIT_MLM_HEAD_HINT}"
             )
     elif getattr(model, "pooler", None) is not None:
         model.pooler = None

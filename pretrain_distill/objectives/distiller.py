@@ -26,7 +26,6 @@ from transformers import PreTrainedModel
 from pretrain_distill.core.seeds import torch_generator
 from pretrain_distill.models import (
     MissingMLMHeadError,
-    StudentSpec,
     Tap,
     base_model,
     freeze,
@@ -35,7 +34,14 @@ from pretrain_distill.models import (
     truncate_layers,
 )
 from pretrain_distill.models.attention_mask import encoder_attention_mask
-from pretrain_distill.models.families import encoder_layers, mlm_head
+from pretrain_distill.models.families import (
+    encoder_layers,
+    family_of,
+    mlm_head,
+    qkv_widths,
+    sliding_window_layers,
+)
+from pretrain_distill.models.teacher import FIT_MLM_HEAD_HINT
 from pretrain_distill.objectives.host_batch import plan_batch
 from pretrain_distill.objectives.losses import (
     DirectMiniLMMaps,
@@ -58,15 +64,15 @@ def mlm_logits_at(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | 
     """The MLM logits of the flat positions ``rows`` (indices into ``B * T``): ``[N, V]``, the head run
     on those rows only. ``attention_mask``: ``[B, T]``, None when no token is padding.
 
-    The encoder sees the whole batch; the head, being position-wise, only the selected rows, gathered by
-    indices the host computed (their number is known before the forward: nothing waits for the device).
-    Heads spread over several modules (DistilBERT) fall back to the full logits, then the selection.
+    The encoder sees the whole batch; the head (the family's MLM head chain, position-wise: ModernBERT's
+    ``head -> decoder``, ELECTRA's ``generator_predictions -> generator_lm_head``, ...) only the selected
+    rows, gathered by indices the host computed: no ``B x T x V`` logits are ever formed, and their
+    number is known before the forward (nothing waits for the device).
     """
     head = mlm_head(model)
     mask = encoder_attention_mask(model, attention_mask)
     if head is None:
-        logits = model(input_ids=input_ids, attention_mask=mask).logits
-        return logits.flatten(0, 1).index_select(0, rows)
+        raise ValueError(f"{type(model).__name__} has no MLM head chain of its family: no MLM logits")
     hidden = base_model(model)(input_ids=input_ids, attention_mask=mask).last_hidden_state
     return head(hidden.flatten(0, 1).index_select(0, rows))
 
@@ -124,7 +130,7 @@ class Distiller(nn.Module):
             self._setup_hs(s_spec.hidden, t_spec.hidden)
         self.qkv_layers: tuple[int, int] | None = None
         if "minilmv2" in self.weights or "direct_minilm" in self.weights:
-            self._setup_qkv(s_spec, t_spec)
+            self._setup_qkv(s_spec.heads)
         self.teacher_depth = self._teacher_depth()
         if self.teacher_depth:
             if self.teacher_depth > len(encoder_layers(teacher)):
@@ -133,8 +139,11 @@ class Distiller(nn.Module):
                     f"{len(encoder_layers(teacher))} layers"
                 )
             truncate_layers(teacher, self.teacher_depth)
-        self._student_tap = Tap(student, *self._tapped("student"))
-        self._teacher_tap = Tap(teacher, *self._tapped("teacher")) if self.teacher_depth else None
+        rotary = objective_cfg.qk_rotary
+        self._student_tap = Tap(student, *self._tapped("student"), rotary=rotary)
+        self._teacher_tap = (
+            Tap(teacher, *self._tapped("teacher"), rotary=rotary) if self.teacher_depth else None
+        )
 
     # ------------------------------------------------------------------------------------ set-up helpers
 
@@ -163,8 +172,7 @@ class Distiller(nn.Module):
             if not has_mlm_head(teacher):
                 raise MissingMLMHeadError(
                     f"the 'od' term needs the teacher's MLM logits, but the teacher ({type(teacher).__name__}) "
-                    "has no MLM head; load it with build_teacher(..., needs_mlm_head=True) from a checkpoint "
-                    "with a trained MLM head (all-MiniLM-L6-v2 has none)"
+                    f"has no MLM head (load it with build_teacher(..., needs_mlm_head=True)); {FIT_MLM_HEAD_HINT}"
                 )
             if student.config.vocab_size != teacher.config.vocab_size:
                 raise ValueError(
@@ -197,7 +205,7 @@ class Distiller(nn.Module):
         )
         self._mapping = self._draw(0)
 
-    def _setup_qkv(self, s_spec: StudentSpec, t_spec: StudentSpec) -> None:
+    def _setup_qkv(self, student_heads: int) -> None:
         """MiniLMv2 / DirectMiniLM: the (student, teacher) layer pair whose Q/K/V are read; DirectMiniLM maps."""
         t_layer = resolve_teacher_layer(self.cfg.teacher_layer, self.num_teacher_layers)
         s_layer = self.cfg.student_layer or self.num_student_layers
@@ -206,17 +214,35 @@ class Distiller(nn.Module):
                 f"objective.student_layer {s_layer} is outside the student's 1..{self.num_student_layers}"
             )
         self.qkv_layers = (s_layer, t_layer)
+        models = (("student", self.student, s_layer), ("teacher", self.teacher, t_layer))
+        for who, model, layer in models:
+            sliding = sliding_window_layers(model.config)
+            if layer in sliding:
+                full = [i for i in range(1, len(encoder_layers(model)) + 1) if i not in sliding]
+                raise ValueError(
+                    f"the relation terms read {who} layer {layer}, a sliding-window attention layer of "
+                    f"{family_of(model.config).name}: its tokens never attend beyond the window, so MiniLMv2 "
+                    f"and DirectMiniLM read a global layer; the {who}'s global layers are {full} "
+                    f"(objective.{who}_layer)"
+                )
+        widths = {who: qkv_widths(model.config) for who, model, _ in models}
         if "minilmv2" in self.weights:
-            a_r = self.cfg.relation_heads
-            for who, width in (("student", s_spec.hidden), ("teacher", t_spec.hidden)):
-                if a_r < 1 or width % a_r:
-                    raise ValueError(
-                        f"objective.relation_heads={a_r} must divide the {who} width {width} "
-                        "(MiniLMv2's A_r divides both d_S and d_T)"
-                    )
+            self._check_relation_heads(self.cfg.relation_heads, widths, "objective.relation_heads")
         if "direct_minilm" in self.weights:
-            heads = self.cfg.direct_relation_heads or s_spec.heads
-            self.direct_maps = DirectMiniLMMaps(heads, s_spec.hidden, t_spec.hidden)
+            heads = self.cfg.direct_relation_heads or student_heads
+            self._check_relation_heads(heads, widths, "objective.direct_relation_heads")
+            self.direct_maps = DirectMiniLMMaps(heads, widths["student"], widths["teacher"])
+
+    @staticmethod
+    def _check_relation_heads(heads: int, widths: dict[str, tuple[int, int, int]], key: str) -> None:
+        """The relation heads divide each of Q, K, V's own width on both sides (K/V are narrower with GQA)."""
+        for who, (q, k, v) in widths.items():
+            for name, width in zip("QKV", (q, k, v)):
+                if heads < 1 or width % heads:
+                    raise ValueError(
+                        f"{key}={heads} must divide the {who}'s {name} width {width} (relation heads split "
+                        f"each of Q, K, V; widths Q/K/V = {q}/{k}/{v})"
+                    )
 
     def _logit_terms(self) -> list[str]:
         return [t for t in _LOGIT_TERMS if t in self.weights]

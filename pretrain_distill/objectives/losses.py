@@ -367,41 +367,60 @@ def mlm_loss(logits: Tensor, labels: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- DirectMiniLM (eq. 10/11)
 
 
+Widths = int | Sequence[int]
+
+
+def _per_alpha(widths: Widths) -> tuple[int, int, int]:
+    """``(d_Q, d_K, d_V)`` from one width or three (K / V narrower with grouped-query attention)."""
+    values = (widths,) * 3 if isinstance(widths, int) else tuple(int(w) for w in widths)
+    if len(values) != 3:
+        raise ValueError(f"DirectMiniLMMaps: widths are one int or (Q, K, V), got {widths!r}")
+    return values  # type: ignore[return-value]
+
+
 class DirectMiniLMMaps(nn.Module):
     """The learned maps ``W_{alpha,a}`` (``d_r^S x d_r^T``) of eq. 10, for alpha in Q, K, V and ``a`` in
     ``1..A_r`` (DirectMiniLM uses ``A_r = A_h``).
 
-    ``weight`` has shape ``[3, A_r, d_r^S, d_r^T]`` and is applied with one batched einsum per alpha.
-    Initialised like ``nn.Linear`` (uniform in ``+-1/sqrt(d_r^S)``); no bias (eq. 10 has none).
+    ``weights[alpha]`` has shape ``[A_r, d_r^S, d_r^T]`` for that alpha's widths (one width for all three,
+    or ``(Q, K, V)`` widths per side: grouped-query attention makes K and V narrower than Q) and is applied
+    with one batched einsum. Initialised like ``nn.Linear`` (uniform in ``+-1/sqrt(d_r^S)``); no bias (eq. 10
+    has none).
     """
 
-    def __init__(self, num_heads: int, student_dim: int, teacher_dim: int) -> None:
+    def __init__(self, num_heads: int, student_dim: Widths, teacher_dim: Widths) -> None:
         super().__init__()
-        for label, d in (("student_dim", student_dim), ("teacher_dim", teacher_dim)):
-            if num_heads < 1 or d % num_heads:
-                raise ValueError(f"DirectMiniLMMaps: num_heads={num_heads} must divide {label}={d}")
+        self.student_dims, self.teacher_dims = _per_alpha(student_dim), _per_alpha(teacher_dim)
+        for label, dims in (("student", self.student_dims), ("teacher", self.teacher_dims)):
+            for d in dims:
+                if num_heads < 1 or d % num_heads:
+                    raise ValueError(
+                        f"DirectMiniLMMaps: num_heads={num_heads} must divide the {label} width {d}"
+                    )
         self.num_heads = int(num_heads)
-        self.student_dim = int(student_dim)
-        self.teacher_dim = int(teacher_dim)
-        self.student_head_dim = student_dim // num_heads
-        self.teacher_head_dim = teacher_dim // num_heads
-        self.weight = nn.Parameter(torch.empty(3, num_heads, self.student_head_dim, self.teacher_head_dim))
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.empty(num_heads, ds // num_heads, dt // num_heads))
+            for ds, dt in zip(self.student_dims, self.teacher_dims)
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.student_head_dim)
-        nn.init.uniform_(self.weight, -bound, bound)
+        for weight in self.weights:
+            bound = 1.0 / math.sqrt(weight.shape[1])
+            nn.init.uniform_(weight, -bound, bound)
 
     def forward(self, alpha: int, student: Tensor) -> Tensor:
         """Map the student's ``[..., d_S]`` Q (alpha=0), K (1) or V (2) head-wise to ``[..., d_T]``:
         split into ``A_r`` heads of ``d_r^S``, multiply head ``a`` by ``W_{alpha,a}``, concatenate."""
-        if student.shape[-1] != self.student_dim:
-            raise ValueError(f"DirectMiniLMMaps: expected width {self.student_dim}, got {student.shape[-1]}")
-        heads = student.reshape(*student.shape[:-1], self.num_heads, self.student_head_dim)
+        if student.shape[-1] != self.student_dims[alpha]:
+            raise ValueError(
+                f"DirectMiniLMMaps: expected width {self.student_dims[alpha]}, got {student.shape[-1]}"
+            )
+        heads = student.reshape(*student.shape[:-1], self.num_heads, -1)
         # float32 compute: d_r is small, so this is cheap, and bf16 inputs keep their precision here.
         heads = upcast(heads)
-        out = torch.einsum("...ad,ade->...ae", heads, self.weight[alpha].to(heads.dtype))
-        return out.reshape(*student.shape[:-1], self.teacher_dim)
+        out = torch.einsum("...ad,ade->...ae", heads, self.weights[alpha].to(heads.dtype))
+        return out.reshape(*student.shape[:-1], self.teacher_dims[alpha])
 
     def orthogonality_penalty(self) -> Tensor:
         """Soft version of eq. 11's constraint ``W W^T = I``: mean over (alpha, a) of ``||W W^T - I||_F^2``.
@@ -409,13 +428,13 @@ class DirectMiniLMMaps(nn.Module):
         Uses ``W W^T`` (``d_r^S x d_r^S``) when ``d_r^S <= d_r^T`` and ``W^T W`` otherwise (the side that can
         reach the identity). Off unless the caller adds it (the paper found the constraint hurts).
         """
-        w = upcast(self.weight)
-        if self.student_head_dim <= self.teacher_head_dim:
-            gram = w @ w.transpose(-1, -2)
-        else:
-            gram = w.transpose(-1, -2) @ w
-        eye = torch.eye(gram.shape[-1], device=gram.device, dtype=gram.dtype)
-        return ((gram - eye) ** 2).sum(dim=(-1, -2)).mean()
+        penalties = []
+        for weight in self.weights:
+            w = upcast(weight)
+            gram = w @ w.transpose(-1, -2) if w.shape[1] <= w.shape[2] else w.transpose(-1, -2) @ w
+            eye = torch.eye(gram.shape[-1], device=gram.device, dtype=gram.dtype)
+            penalties.append(((gram - eye) ** 2).sum(dim=(-1, -2)))
+        return torch.cat(penalties).mean()
 
 
 def _check_qkv(student_qkv: Sequence[Tensor], teacher_qkv: Sequence[Tensor], what: str) -> None:
@@ -441,9 +460,10 @@ def direct_minilm_loss(
     _check_qkv(student_qkv, teacher_qkv, "direct_minilm_loss")
     total: Tensor | None = None
     for alpha, (s, t) in enumerate(zip(student_qkv, teacher_qkv)):
-        if s.shape[-1] != maps.student_dim or t.shape[-1] != maps.teacher_dim:
+        if s.shape[-1] != maps.student_dims[alpha] or t.shape[-1] != maps.teacher_dims[alpha]:
             raise ValueError(
-                f"direct_minilm_loss: maps are for widths {maps.student_dim}->{maps.teacher_dim}, got "
+                f"direct_minilm_loss: maps are for {'QKV'[alpha]} widths "
+                f"{maps.student_dims[alpha]}->{maps.teacher_dims[alpha]}, got "
                 f"student {s.shape[-1]} and teacher {t.shape[-1]}"
             )
         pred = maps(alpha, s)

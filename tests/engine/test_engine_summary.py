@@ -24,6 +24,7 @@ def test_summary_states_what_is_trained_on_how_much(tiny_teacher_dir, tiny_shard
     params = sum(p.numel() for p in student.bert.parameters())  # the MLM student has no pooler
     assert lines["teacher"] == str(tiny_teacher_dir)
     assert lines["student"].startswith(f"[layers, heads, hidden, ffn] = [2, 2, 32, 64], {params / 1e6:.2f}M")
+    assert lines["student"].endswith("init random, family BERT")
     assert lines["objective"] == "hs x 1"
     assert lines["mapping"] == "[[1], [2]] (uniform)"
     assert lines["batch"].startswith("24 sequences per step = 4 micro x 3 accumulation x 2 ranks")

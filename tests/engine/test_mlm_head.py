@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForMaskedLM, BertModel, DistilBertConfig, DistilBertForMaskedLM
+from transformers import AutoModel, AutoModelForMaskedLM, BertModel
 
 from pretrain_distill.mlm_head import fit_mlm_head, mlm_head_module
 from pretrain_distill.models.teacher import MissingMLMHeadError, build_teacher
@@ -38,11 +38,11 @@ def test_fits_only_the_head_and_loads_as_an_od_teacher(headless_teacher, one_bat
     assert record["perplexity"] == pytest.approx(math.exp(last))
     assert json.loads((out / "mlm_head.json").read_text())["steps"] == 40
     assert record["trained"] == [
-        "predictions.bias",
-        "predictions.transform.LayerNorm.bias",
-        "predictions.transform.LayerNorm.weight",
-        "predictions.transform.dense.bias",
-        "predictions.transform.dense.weight",
+        "cls.predictions.bias",
+        "cls.predictions.transform.LayerNorm.bias",
+        "cls.predictions.transform.LayerNorm.weight",
+        "cls.predictions.transform.dense.bias",
+        "cls.predictions.transform.dense.weight",
     ]
 
     fitted = AutoModelForMaskedLM.from_pretrained(out)
@@ -54,9 +54,57 @@ def test_fits_only_the_head_and_loads_as_an_od_teacher(headless_teacher, one_bat
     assert teacher.get_output_embeddings() is not None
 
 
+#: The head chain each family trains (a decoder tied to the input embeddings stays frozen).
+HEADS = {
+    "modernbert": ["decoder.bias", "head.dense.weight", "head.norm.weight"],
+    "deberta-v2": [
+        "cls.predictions.bias",
+        "cls.predictions.transform.LayerNorm.bias",
+        "cls.predictions.transform.LayerNorm.weight",
+        "cls.predictions.transform.dense.bias",
+        "cls.predictions.transform.dense.weight",
+    ],
+    "electra": [
+        "generator_lm_head.bias",
+        "generator_predictions.LayerNorm.bias",
+        "generator_predictions.LayerNorm.weight",
+        "generator_predictions.dense.bias",
+        "generator_predictions.dense.weight",
+    ],
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(HEADS))
+def test_fits_head_chains_of_other_families(model_type, one_batch_shards, tmp_path, tokenizer):
+    """A headless ModernBERT, a DeBERTa-v3 (trained without an MLM head) or an ELECTRA discriminator (no
+    generator head): refused for OD, then fitted."""
+    from tests.models.conftest import tiny_family_config
+
+    torch.manual_seed(0)
+    ids = {k: getattr(tokenizer, k) for k in ("pad_token_id", "cls_token_id", "sep_token_id")}
+    config = tiny_family_config(model_type, vocab_size=len(tokenizer), layers=1, token_ids=ids)
+    path = tmp_path / model_type
+    AutoModel.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    with pytest.raises(MissingMLMHeadError, match="fit-mlm-head"):
+        build_teacher(TeacherConfig(path=str(path)), needs_mlm_head=True)
+    record = fit_mlm_head(
+        str(path), str(one_batch_shards), tmp_path / "fitted", steps=3, batch_size=4, report_last=1
+    )
+    assert record["trained"] == HEADS[model_type]
+    fitted = AutoModelForMaskedLM.from_pretrained(tmp_path / "fitted")
+    original = AutoModel.from_pretrained(path)
+    for name, value in original.state_dict().items():  # the encoder is untouched, bit for bit
+        assert torch.equal(fitted.base_model.state_dict()[name], value), name
+    build_teacher(TeacherConfig(path=str(tmp_path / "fitted")), needs_mlm_head=True)  # OD accepts it now
+
+
 def test_refuses_heads_it_does_not_know():
-    model = DistilBertForMaskedLM(DistilBertConfig(dim=32, hidden_dim=64, n_layers=1, n_heads=2))
-    with pytest.raises(ValueError, match="expected one MLM head module"):
+    """DeBERTa-v2's non-legacy head takes the word embeddings as a second input: not a chain."""
+    from tests.models.conftest import tiny_family_config
+
+    model = AutoModelForMaskedLM.from_config(tiny_family_config("deberta-v2", layers=1, legacy=False))
+    with pytest.raises(ValueError, match="expected its family's MLM head modules cls next to the encoder"):
         mlm_head_module(model)
 
 

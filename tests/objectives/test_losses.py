@@ -328,18 +328,19 @@ def test_od_empty_selection_and_errors() -> None:
 # -------------------------------------------------------------------------------------- DirectMiniLM
 
 
-def direct_reference(student_qkv, teacher_qkv, mask, weight: torch.Tensor) -> float:
-    """Eq. 10 with loops: sum over alpha, mean over (valid token, relation head, teacher head dim)."""
-    A, dsr, dtr = weight.shape[1:]
+def direct_reference(student_qkv, teacher_qkv, mask, weights) -> float:
+    """Eq. 10 with loops: sum over alpha, mean over (valid token, relation head, teacher head dim);
+    ``weights[alpha]`` is ``[A, d_r^S, d_r^T]`` (its own widths per alpha)."""
     pos = valid_positions(mask)
     total = 0.0
     for alpha in range(3):
+        A, dsr, dtr = weights[alpha].shape
         sq = 0.0
         for b, t in pos:
             for a in range(A):
                 xs = student_qkv[alpha][b, t, a * dsr : (a + 1) * dsr].detach().double()
                 xt = teacher_qkv[alpha][b, t, a * dtr : (a + 1) * dtr].double()
-                W = weight[alpha, a].detach().double()
+                W = weights[alpha][a].detach().double()
                 for e in range(dtr):
                     pred = sum(float(xs[c] * W[c, e]) for c in range(dsr))
                     sq += (pred - float(xt[e])) ** 2
@@ -351,16 +352,32 @@ def test_direct_minilm_matches_loop_reference() -> None:
     torch.manual_seed(6)
     B, T, A, dS, dT = 3, 7, 2, 6, 8
     maps = DirectMiniLMMaps(A, dS, dT)
-    assert maps.weight.shape == (3, A, 3, 4)
+    assert [tuple(w.shape) for w in maps.weights] == [(A, 3, 4)] * 3
     s = [torch.randn(B, T, dS, requires_grad=True) for _ in range(3)]
     t = [torch.randn(B, T, dT) for _ in range(3)]
     mask = padded_mask(B, T)
     got = direct_minilm_loss(s, t, mask, maps)
-    assert got.item() == pytest.approx(direct_reference(s, t, mask, maps.weight), rel=1e-5)
+    assert got.item() == pytest.approx(direct_reference(s, t, mask, maps.weights), rel=1e-5)
     got.backward()
-    assert maps.weight.grad is not None and all(x.grad is not None for x in s)
+    assert all(w.grad is not None for w in maps.weights) and all(x.grad is not None for x in s)
     pad = mask == 0
     assert all(x.grad[pad].abs().sum() == 0 for x in s)
+
+
+def test_direct_minilm_with_grouped_kv_widths_matches_loop_reference() -> None:
+    """Grouped-query attention: K and V are narrower than Q (here 2 heads x 3 of 6, and 4 of 8)."""
+    torch.manual_seed(10)
+    maps = DirectMiniLMMaps(2, (8, 4, 4), (12, 6, 6))
+    assert [tuple(w.shape) for w in maps.weights] == [(2, 4, 6), (2, 2, 3), (2, 2, 3)]
+    s = [torch.randn(2, 5, d, requires_grad=True) for d in (8, 4, 4)]
+    t = [torch.randn(2, 5, d) for d in (12, 6, 6)]
+    mask = padded_mask(2, 5)
+    got = direct_minilm_loss(s, t, mask, maps)
+    assert got.item() == pytest.approx(direct_reference(s, t, mask, maps.weights), rel=1e-5)
+    with pytest.raises(ValueError, match="maps are for K widths 4->6"):
+        direct_minilm_loss([s[0], s[0], s[2]], t, mask, maps)
+    with pytest.raises(ValueError, match="must divide the student width 3"):
+        DirectMiniLMMaps(2, (8, 3, 3), 12)
 
 
 def test_direct_minilm_maps_forward_is_per_head_matmul() -> None:
@@ -368,14 +385,15 @@ def test_direct_minilm_maps_forward_is_per_head_matmul() -> None:
     maps = DirectMiniLMMaps(3, 6, 9)
     x = torch.randn(4, 6)
     out = maps(1, x)
-    blocks = [x[:, 2 * a : 2 * a + 2] @ maps.weight[1, a] for a in range(3)]
+    blocks = [x[:, 2 * a : 2 * a + 2] @ maps.weights[1][a] for a in range(3)]
     torch.testing.assert_close(out, torch.cat(blocks, -1))
 
 
 def test_direct_minilm_zero_for_identity_maps_and_copy_and_inference_teacher() -> None:
     maps = DirectMiniLMMaps(4, 8, 8)
     with torch.no_grad():
-        maps.weight.copy_(torch.eye(2).expand(3, 4, 2, 2))
+        for weight in maps.weights:
+            weight.copy_(torch.eye(2).expand(4, 2, 2))
     qkv = [torch.randn(2, 5, 8) for _ in range(3)]
     assert direct_minilm_loss(qkv, qkv, padded_mask(2, 5), maps).item() == 0.0
     with torch.inference_mode():
@@ -389,14 +407,17 @@ def test_orthogonality_penalty() -> None:
     maps = DirectMiniLMMaps(2, 4, 8)  # d_r^S = 2 <= d_r^T = 4: W W^T = I_2 is reachable
     with torch.no_grad():
         q, _ = torch.linalg.qr(torch.randn(4, 2))  # orthonormal columns
-        maps.weight.copy_(q.T.expand(3, 2, 2, 4))
+        for weight in maps.weights:
+            weight.copy_(q.T.expand(2, 2, 4))
     assert maps.orthogonality_penalty().item() == pytest.approx(0.0, abs=1e-10)
     with torch.no_grad():
-        maps.weight.zero_()
+        for weight in maps.weights:
+            weight.zero_()
     assert maps.orthogonality_penalty().item() == pytest.approx(2.0)  # ||0 - I_2||_F^2
     wide = DirectMiniLMMaps(2, 8, 4)  # d_r^S = 4 > d_r^T = 2: W^T W = I_2
     with torch.no_grad():
-        wide.weight.fill_(0.0)
+        for weight in wide.weights:
+            weight.fill_(0.0)
     assert wide.orthogonality_penalty().item() == pytest.approx(2.0)
     maps.orthogonality_penalty().backward()
 

@@ -19,6 +19,8 @@ from pretrain_distill.latency import (
     latency_rows,
     markdown_table,
     measure_latencies,
+    parse_shape,
+    shape_of,
     summarize,
     torch_threads,
 )
@@ -101,13 +103,24 @@ def test_measure_restores_threads_and_rejects_too_long_inputs(tiny_teacher_dir):
         ("2,3,64,128", r"heads \(3\) must divide hidden \(64\)"),
         ("0,2,32,64", "layers must be a positive integer"),
         ("2,x,64,128", "four integers"),
-        ("2,4,64", "not a preset .* shape L,A,H,F or a model directory"),
+        ("2,4,64", "not a preset .* shape L,A,H,F .* or a model directory"),
         ("7L", "not a preset"),
+        ("modernbrt:3L", "model_type 'modernbrt' .did you mean 'modernbert'"),
+        ("modernbert:2,4,64", "after modernbert: give a preset or L,A,H,F"),
     ],
 )
 def test_bad_model_names_are_clear_errors(target, message, tiny_teacher_dir):
     with pytest.raises(ConfigError, match=message):
         build_model(target, str(tiny_teacher_dir))
+
+
+def test_a_family_prefix_builds_that_family_with_the_teachers_vocabulary(tiny_teacher_dir):
+    assert parse_shape("modernbert:3L").text == "modernbert:3,12,384,1024"
+    assert parse_shape("2,4,64,128").text == "2,4,64,128" and parse_shape("runs/x") is None
+    model = build_model("modernbert:1,2,32,48", str(tiny_teacher_dir))
+    assert type(model).__name__ == "ModernBertModel" and model.config.vocab_size == 30522
+    assert shape_of(model) == [1, 2, 32, 48]
+    assert type(build_model("deberta-v2:1,2,32,48", str(tiny_teacher_dir))).__name__ == "DebertaV2Model"
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,10 @@ def test_candidates_are_parsed_and_deduplicated_by_shape(tiny_teacher_dir):
     got = check_candidates(["1,2,32,64", "2,4,64,128"], config, "single", "random")
     assert got == [Candidate("1,2,32,64", (1, 2, 32, 64)), Candidate("2,4,64,128", (2, 4, 64, 128))]
     assert got[0].key == "L1-A2-H32-F64"
+    other = check_candidates(["1,2,32,64", "modernbert:1,2,32,64"], config, "single", "random")[1]
+    assert (other.key, other.target) == ("modernbert-L1-A2-H32-F64", "modernbert:1,2,32,64")
+    with pytest.raises(ConfigError, match="modernbert:2,4,64,128: student.init=teacher .* another family"):
+        check_candidates(["modernbert:2,4,64,128"], config, "single", "teacher")
 
 
 def test_every_bad_candidate_is_rejected_with_its_reason(tiny_teacher_dir):
@@ -60,7 +64,7 @@ def test_every_bad_candidate_is_rejected_with_its_reason(tiny_teacher_dir):
     assert (
         "3,4,64,128: the 'last' mapping needs num_student_layers <= num_teacher_layers, got 3 > 2" in message
     )
-    assert "1,2,32,64: the same shape as 1,2,32,64" in message
+    assert "1,2,32,64: the same family and shape as 1,2,32,64" in message
     with pytest.raises(ConfigError, match=r"2,2,32,64: student.init=teacher needs the teacher's heads"):
         check_candidates(["2,4,64,128", "2,2,32,64"], config, "single", "teacher")
     with pytest.raises(ConfigError, match="3 layers > the teacher's 2"):
