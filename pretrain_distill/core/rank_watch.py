@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from pretrain_distill.core.distributed import DistEnv
+from pretrain_distill.core.errors import RunStopped
 
 TIMEOUT_ENV = "DISTILL_RANK_TIMEOUT"
 DEFAULT_TIMEOUT = 30.0  # seconds without a beat after which a rank on another host is gone
@@ -222,6 +223,9 @@ def watching_ranks(env: DistEnv) -> Iterator[RankWatch]:
     watch = RankWatch(env)
     try:
         yield watch
+    except RunStopped:  # an agreed stop (preemption): every rank stops on its own, nobody is lost
+        watch.stop(failed=True)
+        raise
     except Exception as err:
         explained = watch.explain(err)
         watch.stop(failed=True)

@@ -11,6 +11,7 @@ several ranks only rank 0 takes it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -60,7 +61,8 @@ class RunLock:
             warnings.warn(
                 f"{self.path.parent}: taking over the lock left by {previous}, which is gone", stacklevel=2
             )
-        holder = f"{self.what} pid {os.getpid()} on host {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})"
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        holder = f"{self.what} pid {os.getpid()} on host {socket.gethostname()} (since {since})"
         os.ftruncate(fd, 0)
         os.pwrite(fd, holder.encode(), 0)
         os.fsync(fd)
@@ -76,7 +78,8 @@ class RunLock:
         self._fd = None
 
     def __del__(self) -> None:  # an abandoned lock (the object dropped without release) is released
-        self.release()
+        with contextlib.suppress(Exception):  # (at interpreter exit, the kernel releases it anyway)
+            self.release()
 
 
 def lock_output_dir(directory: str | Path, what: str, dist: DistEnv) -> RunLock:
