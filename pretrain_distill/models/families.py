@@ -81,8 +81,9 @@ class Family:
     sliding_window: tuple[str, str] | None = None  # (config list of layer types, the sliding-window type)
     shape_fields: tuple[str, str, str, str] = BERT_SHAPE  # config fields of (layers, heads, hidden, ffn)
     write_config: ConfigWriter | None = None  # family-specific fields of a student config, in place
-    # Its encoder builds the attention mask with transformers' create_bidirectional_mask alone, which
-    # hands a prepared 4D mask on as it is (models/attention_mask.py prepares one: no device read).
+    # Its encoder builds the attention mask with transformers' create_bidirectional_mask (and, with
+    # sliding-window layers, create_bidirectional_sliding_window_mask), which hand prepared masks on as
+    # they are (models/attention_mask.py prepares them without a device read); False: its own masks.
     prepared_mask: bool = True
 
     @property
@@ -201,7 +202,6 @@ MODERNBERT = Family(
     final_norm="final_norm",
     sliding_window=("layer_types", "sliding_attention"),
     write_config=_modernbert_config,
-    prepared_mask=False,  # a full and a sliding-window mask per forward
 )
 DEBERTA_V2 = Family(
     name="DeBERTa-v2 / v3",
