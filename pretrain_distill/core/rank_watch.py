@@ -81,6 +81,8 @@ class RankWatch:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._store_dead = False
+        # The rank whose process hosts the store: rank 0, unless torchrun's agent does.
+        self._store_rank = None if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" else 0
 
     def _key(self, kind: str, rank: int) -> str:
         return f"{self._prefix}{kind}/{rank}"
@@ -145,11 +147,14 @@ class RankWatch:
         """A line naming the gone rank(s) and whether that is certain (a process seen dead, a beat silent
         for the timeout) rather than a store that stopped answering (its host may have ended normally a
         moment ago); None while every peer is alive or ended on its own. Processes on this host are
-        checked first, without the store (it may have died with one of them)."""
+        checked first; a dead one is asked whether it ended on its own, unless it hosted the store (gone
+        with it: asking would only fail)."""
         now, gone = time.monotonic(), []
         for rank, peer in self._peers.items():
             host = peer["who"]["host"].split("/")[0]
-            if not peer["done"] and peer["pid"] is not None and not _process_alive(peer["pid"]):
+            if peer["done"] or peer["pid"] is None or _process_alive(peer["pid"]):
+                continue
+            if rank == self._store_rank or not self._done(rank):
                 gone.append(f"rank {rank} (pid {peer['pid']} on {host}) has died")
         for rank, peer in self._peers.items():
             if gone or self._done(rank):
