@@ -14,8 +14,10 @@ Formats:
                           all-MiniLM-L6-v2), for sentence_transformers.SentenceTransformer(dir)
 
 Both hold the tokenizer, the resolved run config (distill_config.yaml) and a model card (README.md:
-teacher, student and parameter count, objective, data, tokens, steps, licence, commands). The export
-says which checkpoint (step, time) it holds. The inputs are checked before anything is written; an
+teacher, student and parameter count, objective, data, tokens, steps, licence, commands); both name
+local paths by their last component (the teacher's folder, the data file, the checkpoint within the
+run), not by this machine's absolute paths, unless --card-paths full. The export says which checkpoint
+(step, time) it holds. The inputs are checked before anything is written; an
 existing output directory is replaced only when it is an earlier export.
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 
 from pretrain_distill.core.console import quiet_libraries
+from pretrain_distill.core.public_paths import PATH_STYLES
 from pretrain_distill.export import FORMATS, export_run
 
 
@@ -52,6 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--push-to-hub", metavar="REPO", default=None, help="upload the export to this hub repo"
     )
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repo")
+    parser.add_argument(
+        "--card-paths",
+        choices=PATH_STYLES,
+        default="names",
+        help="how the model card and the copied config name local paths: names (the teacher's folder, "
+        "the data file, the checkpoint within the run; default) or full (this machine's absolute paths)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         license=args.license,
         push_to_hub=args.push_to_hub,
         private=args.private,
+        card_paths=args.card_paths,
     )
     print(out)
     return 0
