@@ -191,6 +191,9 @@ class FinetuneConfig:
     deepspeed: str = ""
     # Save the (selected) model directory in the run.
     save_model: bool = True
+    # How the saved model's card (model/README.md) names local paths (the model, the teacher, the
+    # command's files): names (their last component; default) or full (this machine's absolute paths).
+    card_paths: Literal["names", "full"] = "names"
     # tqdm progress bars.
     progress: bool = True
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -239,6 +242,7 @@ RESUME_MAY_CHANGE: tuple[str, ...] = (
     "save_every",
     "keep_last",
     "save_model",
+    "card_paths",
     "resume",
     "log_every",
     "report_to",

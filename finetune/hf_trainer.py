@@ -278,6 +278,16 @@ def per_device_batch(cfg: FinetuneConfig, world: int) -> int:
     return cfg.batch_size // parts
 
 
+def wraparound_repeats(examples: int, cfg: FinetuneConfig, world: int) -> int:
+    """Examples trained twice per epoch on ``world`` ranks: the last uneven round of micro-batches is
+    completed with examples from the epoch's start (accelerate's ``even_batches``), so that every rank
+    takes the same number of steps; one process just takes a smaller last batch."""
+    if world == 1:
+        return 0
+    per_round = per_device_batch(cfg, world) * world
+    return -examples % per_round
+
+
 def deepspeed_config(cfg: FinetuneConfig) -> dict | None:
     """The DeepSpeed JSON (relative to ``configs/`` or the cwd) with its batch / clipping left to the
     Trainer ("auto"); ZeRO-3 is rejected (best-epoch selection reloads full weights)."""
@@ -366,30 +376,42 @@ def resume_checkpoint(out: Path, resume: bool) -> str | None:
     return str(checkpoint) if checkpoint is not None else None
 
 
+def trainer_arguments(
+    cfg: FinetuneConfig,
+    run_dir: Path,
+    seed: int,
+    epochs: float,
+    selection_split: str,
+    find_unused_parameters: bool = False,
+) -> TrainingArguments:
+    """The Trainer's settings for one seed (checkpoints under ``run_dir/checkpoints``); with several
+    ranks they start the job's process group (DeepSpeed's first when ``cfg.deepspeed`` is set), so that
+    ``args.main_process_first()`` works before training (dataset encoding: rank 0 first)."""
+    if cfg.deepspeed:
+        start_deepspeed(cfg)
+    return training_arguments(
+        cfg, run_dir / CHECKPOINTS, seed, epochs, selection_split, find_unused_parameters
+    )
+
+
 def fit(
     module: nn.Module,
     train: datasets.Dataset,
     evals: dict[str, datasets.Dataset],
     tokenizer: PreTrainedTokenizerBase,
     cfg: FinetuneConfig,
-    epochs: float,
-    seed: int,
+    args: TrainingArguments,
     run_dir: Path,
     compute_metrics: Callable[[EvalPrediction], dict[str, float]],
     selection_split: str,
-    find_unused_parameters: bool = False,
 ) -> tuple[FitResult, ObjectiveTrainer]:
-    """Train ``module`` on ``train``, evaluating every split of ``evals`` after every epoch;
-    ``compute_metrics`` returns the split's metrics and its ``score``. With ``select: best`` the module
-    ends with the weights of the evaluation that scored best on ``selection_split``. Returns the result
-    and the trainer (for further distributed predictions)."""
+    """Train ``module`` on ``train`` with ``args`` (:func:`trainer_arguments`), evaluating every split of
+    ``evals`` after every epoch; ``compute_metrics`` returns the split's metrics and its ``score``. With
+    ``select: best`` the module ends with the weights of the evaluation that scored best on
+    ``selection_split``. Returns the result and the trainer (for further distributed predictions)."""
     if len(train) == 0:
         raise FinetuneInputError("nothing to train: the training set is empty")
-    out = run_dir / CHECKPOINTS
-    checkpoint = resume_checkpoint(out, cfg.resume)
-    if cfg.deepspeed:
-        start_deepspeed(cfg)
-    args = training_arguments(cfg, out, seed, epochs, selection_split, find_unused_parameters)
+    checkpoint = resume_checkpoint(run_dir / CHECKPOINTS, cfg.resume)
     trainer = ObjectiveTrainer(
         model=module,
         args=args,
@@ -397,7 +419,7 @@ def fit(
         eval_dataset=evals,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics,
-        callbacks=_callbacks(module, cfg, seed, run_dir),
+        callbacks=_callbacks(module, cfg, args.seed, run_dir),
         eval_splits=tuple(evals),
         warmup_ratio=cfg.warmup_ratio,
     )

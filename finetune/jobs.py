@@ -20,7 +20,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-from transformers import EvalPrediction, set_seed
+from transformers import EvalPrediction, TrainingArguments, set_seed
 
 from finetune.finetune_config import RESUME_MAY_CHANGE, FinetuneConfig, FinetuneInputError
 from finetune.hf_trainer import (
@@ -33,7 +33,9 @@ from finetune.hf_trainer import (
     per_device_batch,
     predict,
     resume_checkpoint,
+    trainer_arguments,
     uses_cpu,
+    wraparound_repeats,
 )
 from finetune.metrics import metric_values, task_score
 from finetune.model_card import model_card
@@ -46,7 +48,9 @@ from pretrain_distill.core.config_loading import save_config, to_dict
 from pretrain_distill.core.distributed import detect_env
 from pretrain_distill.core.files import atomic_write_json
 from pretrain_distill.core.model_names import find_model
+from pretrain_distill.core.rank_watch import RankWatch, watching_ranks
 from pretrain_distill.core.run_identity import check_same_run, saved_config
+from pretrain_distill.core.run_lock import lock_output_dir
 from pretrain_distill.export import EXPORT_DIR
 from pretrain_distill.vocab import save_tokenizer
 
@@ -133,18 +137,48 @@ def load_inputs(cfg: FinetuneConfig) -> tuple[TaskData, dict[str, datasets.Datas
     return data, ood
 
 
-def run_seed(cfg: FinetuneConfig, data: TaskData, seed: int, ood: dict[str, datasets.Dataset]) -> Path:
-    """Train and evaluate one seed; returns its run directory (written by rank 0 only)."""
+def run_seed(
+    cfg: FinetuneConfig, data: TaskData, seed: int, ood: dict[str, datasets.Dataset], watch: RankWatch
+) -> Path:
+    """Train and evaluate one seed; returns its run directory (written by rank 0 only, which holds its
+    lock meanwhile). ``watch`` starts watching the other ranks once the process group exists."""
     spec = data.spec
     run_dir = seed_dir(cfg, spec, seed)
     if not cfg.progress:
         datasets.disable_progress_bars()
     set_seed(seed)
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
-    train = encode(limit(data.train, cfg.max_train_samples, seed), tokenizer, cfg.max_length)
-    evals = {
-        k: encode(limit(ds, cfg.max_eval_samples), tokenizer, cfg.max_length) for k, ds in data.evals.items()
-    }
+    epochs = cfg.epochs or default_epochs(spec, cfg.multilingual)
+    find_unused = bool(cfg.distill.teacher) and cfg.distill.method == "ild_rtc"
+    args = trainer_arguments(cfg, run_dir, seed, epochs, spec.selection_split, find_unused)
+    watch.start()  # the arguments started the job's process group
+    lock = lock_output_dir(run_dir, "fine-tuning run", detect_env())
+    try:
+        return _train_seed(cfg, data, seed, ood, args, run_dir)
+    finally:
+        lock.release()
+
+
+def _train_seed(
+    cfg: FinetuneConfig,
+    data: TaskData,
+    seed: int,
+    ood: dict[str, datasets.Dataset],
+    args: TrainingArguments,
+    run_dir: Path,
+) -> Path:
+    """:func:`run_seed`'s work under the lock: encode, train, evaluate, write the run directory."""
+    spec = data.spec
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, cfg.model)
+    # rank 0 of the job encodes first and fills the datasets cache; the other ranks then read it
+    with args.main_process_first(local=False, desc="encoding the task's datasets"):
+        train = encode(limit(data.train, cfg.max_train_samples, seed), tokenizer, cfg.max_length)
+        evals = {
+            k: encode(limit(ds, cfg.max_eval_samples), tokenizer, cfg.max_length)
+            for k, ds in data.evals.items()
+        }
+        ood_sets = {
+            e.name: (encode(ood[e.name], tokenizer, cfg.max_length), e.prediction_map) for e in cfg.eval_sets
+        }
     objective = build_objective(cfg, spec, seed)
     main = detect_env().is_main
     if main:
@@ -152,29 +186,17 @@ def run_seed(cfg: FinetuneConfig, data: TaskData, seed: int, ood: dict[str, data
         save_config(dataclasses.replace(cfg, seeds=[seed]), run_dir / "config.yaml")
     start = time.time()
     result, trainer = fit(
-        objective,
-        train,
-        evals,
-        tokenizer,
-        cfg,
-        cfg.epochs or default_epochs(spec, cfg.multilingual),
-        seed,
-        run_dir,
-        split_metrics(spec),
-        spec.selection_split,
-        find_unused_parameters=bool(cfg.distill.teacher) and cfg.distill.method == "ild_rtc",
+        objective, train, evals, tokenizer, cfg, args, run_dir, split_metrics(spec), spec.selection_split
     )
     outcome = Outcome(result, trainer, len(train), time.time() - start)
-    ood_sets = {
-        e.name: (encode(ood[e.name], tokenizer, cfg.max_length), e.prediction_map) for e in cfg.eval_sets
-    }
     metrics = metrics_record(cfg, spec, seed, outcome, evals, ood_sets)
     if main:
         if cfg.save_model:
             model_dir = run_dir / "model"
             objective.export().save_pretrained(model_dir)  # load_classifier reads it back
             save_tokenizer(tokenizer, resolve_model_path(cfg.tokenizer or cfg.model), model_dir)
-            (model_dir / "README.md").write_text(model_card(metrics, spec.labels))
+            card = model_card(metrics, spec.labels, full_paths=cfg.card_paths == "full")
+            (model_dir / "README.md").write_text(card)
         atomic_write_json(run_dir / "metrics.json", metrics)
     return run_dir
 
@@ -220,6 +242,7 @@ def metrics_record(
         "steps": result.steps,
         "world_size": detect_env().world_size,
         "train_examples": outcome.train_examples,
+        "train_repeats_per_epoch": wraparound_repeats(outcome.train_examples, cfg, detect_env().world_size),
         "train_seconds": round(outcome.seconds, 2),
         "eval": {
             k: metric_values(spec.metrics, *predict(trainer, ds), spec.is_regression)
@@ -261,7 +284,8 @@ def run(cfg: FinetuneConfig) -> list[Path]:
     data, ood = load_inputs(cfg)
     for seed in cfg.seeds:  # a seed that cannot resume fails before any seed runs
         check_resume(cfg, seed_dir(cfg, data.spec, seed), seed)
-    return [run_seed(cfg, data, seed, ood) for seed in cfg.seeds]
+    with watching_ranks(detect_env()) as watch:  # another rank's death: one line naming it
+        return [run_seed(cfg, data, seed, ood, watch) for seed in cfg.seeds]
 
 
 def print_run_dirs(run_dirs: list[Path]) -> None:

@@ -1,13 +1,21 @@
 """The model card (``README.md``) written into a run's saved ``model/``: base model, task, metrics,
-seed, selection and the command that made it."""
+seed, selection and the command that made it. Local paths (the model, the teacher, the command's files)
+are named by their last component (:mod:`pretrain_distill.core.public_paths`) unless ``full_paths``."""
 
 from __future__ import annotations
 
+from pretrain_distill.core.public_paths import public_name, public_text
 
-def model_card(metrics: dict, labels: tuple[str, ...]) -> str:
+
+def model_card(metrics: dict, labels: tuple[str, ...], full_paths: bool = False) -> str:
     """Markdown with a Hugging Face metadata header, from a run's ``metrics.json`` content."""
-    method = metrics["method"]
-    kind = "fine-tuned" if method == "finetune" else f"task-distilled ({method}) from `{metrics['teacher']}`"
+    name, text = (str, str) if full_paths else (public_name, public_text)
+    model, method = name(metrics["model"]), metrics["method"]
+    kind = (
+        "fine-tuned"
+        if method == "finetune"
+        else f"task-distilled ({method}) from `{name(metrics['teacher'])}`"
+    )
     rows = [
         f"| {split} | {metric} | {value:.4f} |"
         for split, values in metrics["eval"].items()
@@ -18,13 +26,13 @@ def model_card(metrics: dict, labels: tuple[str, ...]) -> str:
     ]
     lines = [
         "---",
-        f"base_model: {metrics['model']}",
+        f"base_model: {model}",
         "pipeline_tag: text-classification",
         "tags: [text-classification, finetune]",
         "---",
         f"# {metrics['run_name']} on {metrics['task']}",
         "",
-        f"`{metrics['model']}` {kind} on the task `{metrics['task']}`.",
+        f"`{model}` {kind} on the task `{metrics['task']}`.",
         "",
         f"- labels (id order): {', '.join(labels) if labels else 'regression (one score)'}",
         f"- seed: {metrics['seed']}; training examples: {metrics['train_examples']}; "
@@ -39,7 +47,7 @@ def model_card(metrics: dict, labels: tuple[str, ...]) -> str:
         "Command:",
         "",
         "```",
-        metrics["command"],
+        text(metrics["command"]),
         "```",
         "",
     ]

@@ -14,18 +14,21 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 
 from finetune.tasks import TaskSpec
 from pretrain_distill.core.assets import resolve_model_path
 from pretrain_distill.core.console import loading_quietly
+from pretrain_distill.core.tokenizer_loading import load_tokenizer as checked_tokenizer
 from pretrain_distill.models.families import derived_config, encoder_layers, family_of
 from pretrain_distill.models.students import copy_from_teacher
 
 
-def load_tokenizer(path: str):
-    return AutoTokenizer.from_pretrained(resolve_model_path(path))
+def load_tokenizer(path: str, model: str | None = None):
+    """The tokenizer in ``path`` (``minilm``: the embedded teacher's), checked against the model in
+    ``model`` (default: ``path``)."""
+    return checked_tokenizer(resolve_model_path(path), resolve_model_path(model) if model else None)
 
 
 def load_classifier(path: str, spec: TaskSpec) -> PreTrainedModel | RTCClassifier:

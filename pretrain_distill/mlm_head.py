@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoModelForMaskedLM, AutoTokenizer
+from transformers import AutoModelForMaskedLM
 
 from pretrain_distill.core.console import loading_quietly
 from pretrain_distill.core.distributed import resolve_device
 from pretrain_distill.core.lr_schedule import build_lr_scheduler
 from pretrain_distill.core.model_names import find_model
+from pretrain_distill.core.tokenizer_loading import load_tokenizer
 from pretrain_distill.data import DynamicMasker, build_dataloader
 from pretrain_distill.data.manifest import check_tokenizer
 from pretrain_distill.models.families import base_model, detect_family, mlm_head
@@ -121,7 +122,7 @@ def fit_mlm_head(
     torch.manual_seed(seed)
     dev = resolve_device(device, 0)
     path = find_model(teacher, "teacher")
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_tokenizer(path)
     loader = build_dataloader(DataConfig(shards=shards, num_workers=1), batch_size, 0, 1, seed)
     check_tokenizer(loader.dataset.manifest, tokenizer)  # the inputs before the (slow) model
     with loading_quietly():  # the head this command fits is missing: that is the point

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig
 
 from finetune.finetune_config import load_finetune_config
 from finetune.jobs import run as run_finetune
@@ -48,6 +48,7 @@ from pretrain_distill.core.command_line import add_config_arguments
 from pretrain_distill.core.console import quiet_libraries
 from pretrain_distill.core.distributed import require_device
 from pretrain_distill.core.overrides import command_line_overrides
+from pretrain_distill.core.tokenizer_loading import load_tokenizer
 from pretrain_distill.data import prepare_shards
 from pretrain_distill.engine import train
 from pretrain_distill.export import export_run
@@ -139,7 +140,8 @@ def distill_config(
         f"train.log_every={max(1, profile.distill_steps // 50)}",
         "train.precision=" + ("bf16" if device == "cuda" else "fp32"),
         f"train.device={device}",
-        "train.deepspeed=deepspeed/zero0.json",
+        # bf16 under ZeRO-0 would check every gradient on the host; ZeRO-1 steps without a sync
+        "train.deepspeed=deepspeed/" + ("zero1.json" if device == "cuda" else "zero0.json"),
         "objective.relation_heads=12",  # divides the teacher's 384 and the students' 192, 384, 576
     ]
     configs = [f"students/{student}", f"objectives/{objective}", *files]
@@ -163,7 +165,7 @@ def random_init_student(cfg: RunConfig, out: Path, distilled: Path) -> Path:
     encoder, identity pooler, the ``distilled`` export's tokenizer): the no-distillation baseline."""
     teacher = resolve_model_path(cfg.teacher.path)
     torch.manual_seed(cfg.train.seed)
-    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    tokenizer = load_tokenizer(teacher)
     student = build_student(
         spec_from_config(cfg.student),
         AutoConfig.from_pretrained(teacher),
@@ -174,7 +176,7 @@ def random_init_student(cfg: RunConfig, out: Path, distilled: Path) -> Path:
     if vocab is not None:
         cut_student(student, vocab)
     exported_form(student, with_mlm_head=False).save_pretrained(out)
-    save_tokenizer(AutoTokenizer.from_pretrained(distilled), distilled, out)
+    save_tokenizer(load_tokenizer(str(distilled)), distilled, out)
     return out
 
 

@@ -22,10 +22,12 @@ Formats:
                           Needs the onnx extra: pip install 'distill-encoders[onnx]'
 
 Every format holds the tokenizer, the resolved run config (distill_config.yaml) and a model card
-(README.md: teacher, student and parameter count, objective, data, tokens, steps, licence, commands). A
-pruned student (student.vocab=corpus) comes with the teacher's tokenizer rewritten to give the student's
-ids, and its student_vocab.json. The export
-says which checkpoint (step, time) it holds. The inputs are checked before anything is written; an
+(README.md: teacher, student and parameter count, objective, data, tokens, steps, licence, commands);
+every format names local paths by their last component (the teacher's folder, the data file, the
+checkpoint within the run), not by this machine's absolute paths, unless --card-paths full. A pruned
+student (student.vocab=corpus) comes with the teacher's tokenizer rewritten to give the student's ids,
+and its student_vocab.json. The export says which checkpoint (step, time) it holds. The inputs are
+checked before anything is written; an
 existing output directory is replaced only when it is an earlier export.
 """
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 
 from pretrain_distill.core.console import quiet_libraries
+from pretrain_distill.core.public_paths import PATH_STYLES
 from pretrain_distill.export import FORMATS, QUANTIZE, export_run
 
 
@@ -68,6 +71,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--push-to-hub", metavar="REPO", default=None, help="upload the export to this hub repo"
     )
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repo")
+    parser.add_argument(
+        "--card-paths",
+        choices=PATH_STYLES,
+        default="names",
+        help="how the model card and the copied config name local paths: names (the teacher's folder, "
+        "the data file, the checkpoint within the run; default) or full (this machine's absolute paths)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         push_to_hub=args.push_to_hub,
         private=args.private,
         quantize=args.quantize,
+        card_paths=args.card_paths,
     )
     print(out)
     return 0

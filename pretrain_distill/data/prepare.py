@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
-from transformers import AutoTokenizer
 
 from pretrain_distill.core.files import atomic_write_json
 from pretrain_distill.core.model_names import find_model
+from pretrain_distill.core.run_lock import RunLock
 from pretrain_distill.core.seeds import numpy_rng
+from pretrain_distill.core.tokenizer_loading import load_tokenizer
 from pretrain_distill.data import readers
 from pretrain_distill.data.errors import CorruptInput, DataError
 from pretrain_distill.data.manifest import MANIFEST, PROGRESS, VALIDATION
@@ -108,7 +109,7 @@ class Job:
 def tokenizer_info(tokenizer: Any) -> tuple[dict[str, Any], str]:
     """``(manifest entry, backend JSON)`` of a Hugging Face fast tokenizer or a path / ``"minilm"``."""
     if isinstance(tokenizer, (str, Path)):
-        tokenizer = AutoTokenizer.from_pretrained(find_model(str(tokenizer), "tokenizer"))
+        tokenizer = load_tokenizer(find_model(str(tokenizer), "tokenizer"))
     if not getattr(tokenizer, "is_fast", False):
         raise DataError(f"tokenizer {tokenizer.name_or_path!r} is not a fast (Rust) tokenizer")
     backend = tokenizer.backend_tokenizer.to_str()
@@ -337,15 +338,20 @@ def prepare_shards(
         log.info("%s: already prepared", out)
         return finished
     jobs = plan_jobs(parsed, held_out, shard_chars)  # finds every input (or raises) before writing
-    out.mkdir(parents=True, exist_ok=True)
-    done = _load_progress(out, settings)
-    workers = max(1, workers or available_cpus())  # readers: at most one per unit (_run_units)
-    start = time.perf_counter()
-    _prepare_units(out, jobs, done, workers, (backend, settings, str(out), skip_bad_input), progress)
-    manifest = _write_manifests(
-        out, settings, [done[j.number] for j in jobs], time.perf_counter() - start, workers
-    )
-    (out / PROGRESS).unlink()
+    lock = RunLock(out, "prepare").acquire()  # a second prepare into `out` refuses, naming this one
+    try:
+        if (finished := _check_out_dir(out, settings)) is not None:  # the one we waited for finished it
+            return finished
+        done = _load_progress(out, settings)
+        workers = max(1, workers or available_cpus())  # readers: at most one per unit (_run_units)
+        start = time.perf_counter()
+        _prepare_units(out, jobs, done, workers, (backend, settings, str(out), skip_bad_input), progress)
+        manifest = _write_manifests(
+            out, settings, [done[j.number] for j in jobs], time.perf_counter() - start, workers
+        )
+        (out / PROGRESS).unlink()
+    finally:
+        lock.release()
     _report(manifest)
     return manifest
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,12 @@ def _agree(ds: dict[str, Any], key: str, value: Any, owner: str, source: str) ->
             f'of truth: remove the key from the JSON or set it to "auto")'
         )
     ds[key] = value
+
+
+def clips_on_device(ds: dict[str, Any]) -> bool:
+    """Whether the run clips gradients itself, on the device: under ZeRO-1/2, where DeepSpeed's own
+    clipping reads the gradient norm on the host at every optimizer step."""
+    return ds.get("zero_optimization", {}).get("stage", 0) in (1, 2)
 
 
 def build_deepspeed_config(train: TrainConfig, world_size: int, device: torch.device) -> dict[str, Any]:
@@ -91,6 +98,22 @@ def build_deepspeed_config(train: TrainConfig, world_size: int, device: torch.de
     stage = zero.setdefault("stage", 0)
     if stage not in (0, 1, 2, 3):
         raise ConfigError(f"ZeRO stage must be 0-3, got {stage}")
+    if clips_on_device(ds) and train.grad_clip > 0 and zero.get("compute_grad_norm") is False:
+        raise ConfigError(
+            f"{source}: zero_optimization.compute_grad_norm=false, but train.grad_clip={train.grad_clip} "
+            "needs the gradient norm: set train.grad_clip=0 or remove compute_grad_norm"
+        )
+    if clips_on_device(ds):
+        # DeepSpeed's ZeRO-1/2 clipping checks the norm on the host (a synchronisation per step): the
+        # engine clips the same way on the device instead (Trainer._clip_on_device).
+        ds["gradient_clipping"] = 0.0
+    elif stage == 0 and train.precision == "bf16" and device.type == "cuda":
+        warnings.warn(
+            "train.precision=bf16 under ZeRO-0: DeepSpeed's bf16 wrapper checks every gradient for "
+            "overflow on the host, a GPU synchronisation per parameter per step; ZeRO-1 "
+            "(train.zero_stage=1) keeps the same copies on one GPU and steps without any",
+            stacklevel=2,
+        )
     ds.setdefault("steps_per_print", 10**9)  # our logger reports; keep DeepSpeed's own prints quiet
     ds.setdefault("wall_clock_breakdown", False)
     return ds

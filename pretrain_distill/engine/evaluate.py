@@ -100,14 +100,13 @@ def evaluate(
     count = 0
     try:
         for index, batch in batches:
-            input_ids = batch["input_ids"].to(device)
-            attention_mask = batch["attention_mask"].to(device)
+            input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
             labels = None
             if getattr(distiller, "needs_masking", False):
-                generator = torch.Generator(device)
+                generator = torch.Generator()  # masks drawn on the host, as in training
                 generator.manual_seed(batch_seed(seed, index))
                 input_ids, labels = masker(input_ids, attention_mask, generator)
-            for key, value in forward(input_ids, attention_mask, labels).items():
+            for key, value in forward(input_ids.to(device), attention_mask, labels).items():
                 sums[key] = sums.get(key, 0.0) + float(value)
             count += 1
     finally:

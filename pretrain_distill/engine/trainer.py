@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer
 
 from pretrain_distill.core.config_loading import save_config, to_dict
 from pretrain_distill.core.distributed import (
@@ -34,11 +33,14 @@ from pretrain_distill.core.errors import ConfigError, RunStopped
 from pretrain_distill.core.lr_schedule import build_lr_scheduler
 from pretrain_distill.core.metrics_log import MetricsLogger
 from pretrain_distill.core.model_names import find_model
+from pretrain_distill.core.rank_watch import RankWatch, watching_ranks
+from pretrain_distill.core.run_lock import lock_output_dir
 from pretrain_distill.core.seeds import derive_seed
+from pretrain_distill.core.tokenizer_loading import load_tokenizer
 from pretrain_distill.data import DynamicMasker, build_dataloader
 from pretrain_distill.data.manifest import check_tokenizer, load_manifest
 from pretrain_distill.engine.checkpoint import CheckpointStore, set_aside
-from pretrain_distill.engine.deepspeed_config import build_deepspeed_config
+from pretrain_distill.engine.deepspeed_config import build_deepspeed_config, clips_on_device
 from pretrain_distill.engine.evaluate import evaluate, load_validation_batches, validation_dir
 from pretrain_distill.engine.resume import check_resume_config, resolve_resume
 from pretrain_distill.engine.signals import PreemptionFlag
@@ -125,14 +127,12 @@ def _total_grad_norm(module: torch.nn.Module) -> torch.Tensor:
 
 @dataclass
 class _StepRecord:
-    """What one optimizer step left behind, unread: its micro-batches' loss terms and non-finite flags
-    (device tensors) and real-token counts (a CPU tensor summed from the loader's mask)."""
+    """What one optimizer step left behind, unread, on the device: per micro-batch, this rank's loss
+    terms, the number of ranks whose loss was non-finite, and this rank's real tokens."""
 
     step: int  # the step's 0-based index when it ran
     micro_step: int  # its first micro-batch's index
-    terms: torch.Tensor  # [grad_accum, n_terms] this rank's loss terms
-    nonfinite: torch.Tensor  # [grad_accum] ranks whose loss was non-finite (summed over ranks)
-    tokens: torch.Tensor  # [grad_accum] this rank's real tokens (CPU)
+    rows: torch.Tensor  # [grad_accum, n_terms + 2]: the terms, then non-finite ranks, then tokens
 
 
 class _Interval:
@@ -166,19 +166,35 @@ class _Marks:
 
 
 class Trainer:
-    """One distillation run; :func:`train` is the entry point."""
+    """One distillation run; :func:`train` is the entry point.
 
-    def __init__(self, cfg: RunConfig) -> None:
+    ``watch`` (a :class:`RankWatch`) starts watching the other ranks as soon as the process group
+    exists. The output directory is locked (rank 0) from before anything is written to the end of
+    :meth:`fit` (:meth:`close`).
+    """
+
+    def __init__(self, cfg: RunConfig, watch: RankWatch | None = None) -> None:
         self.cfg = cfg
         self.dist: DistEnv = detect_env()
         self.device = resolve_device(cfg.train.device, self.dist.local_rank)
         ds_config = build_deepspeed_config(cfg.train, self.dist.world_size, self.device)
         init_distributed(self.dist, self.device)
+        if watch is not None:
+            watch.start()
         self._find_checkpoint(ds_config)
         self._load_inputs()  # cheap, and where the usual mistakes are: before the models
-        self._build_distiller()
-        self._build_engine(ds_config)
-        self._start_or_resume()
+        self.lock = lock_output_dir(cfg.train.output_dir, "train", self.dist)
+        try:
+            self._build_distiller()
+            self._build_engine(ds_config)
+            self._start_or_resume()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Give up the output directory's lock (the run is over, or failed); idempotent."""
+        self.lock.release()
 
     def _find_checkpoint(self, ds_config: dict[str, Any]) -> None:
         """The checkpoint this run continues (``train.resume``), checked to belong to the same run."""
@@ -199,7 +215,7 @@ class Trainer:
         tokenizer = (
             find_model(cfg.teacher.tokenizer, "teacher.tokenizer") if cfg.teacher.tokenizer else teacher
         )
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        self.tokenizer = load_tokenizer(tokenizer, teacher)
         self.loader = build_dataloader(
             cfg.data, cfg.train.micro_batch_size, self.dist.rank, self.dist.world_size, cfg.train.seed
         )
@@ -259,6 +275,24 @@ class Trainer:
             self.engine.zero_optimization() or self.engine.bfloat16_enabled() or self.engine.fp16_enabled()
         )
         self.grad_norm: torch.Tensor | None = None
+        if clips_on_device(ds_config) and cfg.train.grad_clip > 0:
+            optimizer.register_step_pre_hook(self._clip_on_device)
+
+    def _clip_on_device(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        """Before each ZeRO-1/2 AdamW step: DeepSpeed's gradient clipping, computed on the device.
+
+        DeepSpeed has reduced the gradients into this rank's fp32 partition and measured their global
+        norm (a device tensor) when it calls the optimizer; its own clipping would then check that norm
+        on the host. The same scale is applied here without a read, and a non-finite norm joins the
+        step's ``found_inf`` (the update is skipped on the device, as for a non-finite loss).
+        """
+        norm = self.engine.optimizer._global_grad_norm  # set by DeepSpeed before it calls the optimizer
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        combined = ((norm + 1e-6) / self.cfg.train.grad_clip).clamp(min=1.0)  # DeepSpeed's formula
+        if grads:
+            torch._foreach_mul_(grads, 1.0 / combined.to(grads[0].device))
+        bad = (~torch.isfinite(norm)).float().to(optimizer.found_inf.device)
+        optimizer.found_inf = torch.maximum(optimizer.found_inf, bad)
 
     def _start_or_resume(self) -> None:
         """Restore the checkpoint's state, or start the run directory (config, tokenizer) on rank 0."""
@@ -289,18 +323,17 @@ class Trainer:
             self.distiller.set_epoch(self.state.epoch)
 
     def _micro_step(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Forward one micro-batch: its loss terms, and its real-token count summed from the loader's CPU mask
-        (a CPU tensor: counting on the host needs no device work and no synchronisation)."""
-        tokens = batch["attention_mask"].sum()
-        input_ids = batch["input_ids"].to(self.device, non_blocking=True)
-        attention_mask = batch["attention_mask"].to(self.device, non_blocking=True)
+        """Forward one micro-batch: its loss terms, and its real-token count summed from the loader's CPU
+        mask (a CPU tensor). The mask and the MLM draw stay on the host, where the Distiller decides
+        padding and the positions to score without waiting for the device; only the ids move."""
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         labels = None
         if self.distiller.needs_masking:
-            generator = torch.Generator(self.device)
+            generator = torch.Generator()  # drawn on the host, like the rest of the batch
             generator.manual_seed(mask_seed(self.cfg.train.seed, self.state.micro_step, self.dist.rank))
             input_ids, labels = self.masker(input_ids, attention_mask, generator)
-        losses = self.engine(input_ids, attention_mask, labels)
-        return losses, tokens
+        losses = self.engine(input_ids.to(self.device, non_blocking=True), attention_mask, labels)
+        return losses, attention_mask.sum()
 
     def _train_step(self, batches, interval: _Interval) -> None:
         """One optimizer step over ``grad_accum`` micro-batches, with no host-device synchronisation.
@@ -331,8 +364,9 @@ class Trainer:
                 if self.measure_grad_norm:
                     self.grad_norm = _total_grad_norm(self.distiller)
             self.engine.step()
-        record = _StepRecord(self.state.step, first_micro, step_terms, nonfinite, torch.stack(tokens))
-        interval.pending.append(record)
+        tokens = torch.stack(tokens).to(self.device, torch.float32, non_blocking=True)
+        rows = torch.cat([step_terms, nonfinite[:, None], tokens[:, None]], 1)
+        interval.pending.append(_StepRecord(self.state.step, first_micro, rows))
         self.state.step += 1
 
     def _settle(self, interval: _Interval) -> None:
@@ -346,21 +380,20 @@ class Trainer:
         """
         if not interval.pending:
             return
-        rows = torch.cat([torch.cat([r.terms, r.nonfinite[:, None]], 1) for r in interval.pending]).cpu()
-        rows = rows.double().tolist()
+        rows = torch.cat([r.rows for r in interval.pending]).cpu().double().tolist()
         keys = interval.keys
         skipped, local_tokens = 0, 0
         for record in interval.pending:
-            mine, rows = rows[: len(record.tokens)], rows[len(record.tokens) :]
-            if not any(row[-1] > 0 for row in mine):
+            mine, rows = rows[: len(record.rows)], rows[len(record.rows) :]
+            if not any(row[-2] > 0 for row in mine):
                 for row in mine:
                     for key, value in zip(keys, row):
                         interval.terms[key] = interval.terms.get(key, 0.0) + value
                 interval.count += len(mine)
-                local_tokens += int(record.tokens.sum())
+                local_tokens += sum(row[-1] for row in mine)
                 continue
             for offset, row in enumerate(mine):
-                if row[-1] > 0:
+                if row[-2] > 0:
                     self._on_non_finite(record.step - skipped + 1, record.micro_step + offset, keys, row)
             skipped += 1
         interval.pending.clear()
@@ -450,6 +483,7 @@ class Trainer:
         finally:
             progress.close()
             logger.close()
+            self.close()
         barrier()
         return self.run_dir
 
@@ -537,9 +571,10 @@ def train(cfg: RunConfig, on_end: Callable[[Path], object] | None = None) -> Pat
     Raises :class:`Preempted` after saving a checkpoint on SIGTERM / SIGUSR1, and
     :class:`NonFiniteLossError` when non-finite losses exceed ``train.nan_skip_budget``.
     """
-    # Signal handlers go in before the slow start-up, so no preemption signal is lost.
-    with launcher_env_scope(), PreemptionFlag() as preemption:
-        trainer = Trainer(cfg)
+    # Signal handlers go in before the slow start-up, so no preemption signal is lost; the watch turns
+    # the failure another rank's death causes here into one line naming that rank.
+    with launcher_env_scope(), PreemptionFlag() as preemption, watching_ranks(detect_env()) as watch:
+        trainer = Trainer(cfg, watch)
         if trainer.dist.is_main:
             print(trainer_summary(trainer), flush=True)
         run_dir = trainer.fit(preemption)

@@ -2,8 +2,9 @@
 (``pretrain-distill export``, whose ``--help`` lists the formats; the engine's end-of-run hook).
 
 Every format holds the tokenizer, the resolved run config (distill_config.yaml) and a model card
-(README.md). The inputs are checked before anything is written; an existing output directory is replaced
-only when it is an earlier export, and only once the new one is complete.
+(README.md), both naming local paths by their last component (``card_paths="full"``: as they are). The
+inputs are checked before anything is written; an existing output directory is replaced only when it
+is an earlier export, and only once the new one is complete.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from safetensors import safe_open
 
 from pretrain_distill.core.assets import TEACHER_HUB_ID, AssetError, teacher_path
 from pretrain_distill.core.files import publish_dir
+from pretrain_distill.core.public_paths import PATH_STYLES, public_text
 from pretrain_distill.export.encoder import mlm_head_trained, write_transformers
 from pretrain_distill.export.hub import push_to_hub as push
 from pretrain_distill.export.model_card import model_card
@@ -50,7 +52,7 @@ def _teacher(config: dict) -> tuple[str, Path | None, str | None]:
             return TEACHER_HUB_ID, None, TEACHER_HUB_ID
     local = Path(path)
     if local.is_dir():
-        return str(local.resolve()), local.resolve(), None
+        return str(local.resolve()), local.resolve(), None  # the card names it by its folder
     return path, None, path  # a hub name
 
 
@@ -64,14 +66,18 @@ def export_run(
     push_to_hub: str | None = None,
     private: bool = False,
     quantize: str | None = None,
+    card_paths: str = "names",
 ) -> Path:
     """Export the student of ``checkpoint`` (default: newest complete) to ``out`` (default
     ``run_dir/export``) in format ``fmt``; ``with_mlm_head=None`` keeps the head when it was trained;
-    ``quantize="int8"`` (``onnx`` only) adds the dynamically quantized graph."""
+    ``quantize="int8"`` (``onnx`` only) adds the dynamically quantized graph; ``card_paths``: how the card
+    and the copied config name local paths (``names`` or ``full``)."""
     if fmt not in FORMATS:
         raise ValueError(f"export format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if quantize is not None and (quantize not in QUANTIZE or fmt != "onnx"):
         raise ValueError(f"--quantize {quantize}: only --quantize int8, with --format onnx")
+    if card_paths not in PATH_STYLES:
+        raise ValueError(f"--card-paths {card_paths!r}: expected one of {', '.join(PATH_STYLES)}")
     source = resolve_source(run_dir, checkpoint)
     out = Path(out) if out is not None else source.run_dir / EXPORT_DIR
     _check_out(out, source)
@@ -82,7 +88,9 @@ def export_run(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        _write_export(source, staging, out, fmt, with_mlm_head, head_trained, license, quantize)
+        _write_export(
+            source, staging, out, fmt, with_mlm_head, head_trained, license, card_paths == "full", quantize
+        )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -117,6 +125,7 @@ def _write_export(
     with_mlm_head: bool,
     head_trained: bool,
     license: str | None,
+    full_paths: bool,
     quantize: str | None = None,
 ) -> None:
     """The model, the run config and the model card into ``staging`` (later published as ``out``)."""
@@ -127,7 +136,8 @@ def _write_export(
         model = write_onnx_format(source, staging, quantize == "int8")
     else:
         model = write_transformers(source, staging, with_mlm_head)
-    shutil.copy2(source.checkpoint / "config.yaml", staging / _MARKER)
+    config = (source.checkpoint / "config.yaml").read_text()
+    (staging / _MARKER).write_text(config if full_paths else public_text(config))
     card = model_card(
         source,
         teacher_name=teacher_name,
@@ -138,7 +148,8 @@ def _write_export(
         encoder_parameters=encoder_parameter_count(model),
         stored_values=_stored_values(staging),
         license=license,
-        command=_command(source, out, fmt, with_mlm_head, head_trained, license, quantize),
+        command=_command(source, out, fmt, with_mlm_head, head_trained, license, full_paths, quantize),
+        full_paths=full_paths,
     )
     card.save(staging / "README.md")
 
@@ -150,11 +161,17 @@ def _command(
     with_head: bool,
     head_trained: bool,
     license: str | None,
+    full_paths: bool,
     quantize: str | None = None,
 ) -> str:
-    """The ``pretrain-distill export`` command that writes this export again."""
-    argv = ["pretrain-distill", "export", str(source.run_dir), "--checkpoint", str(source.checkpoint)]
-    argv += ["--out", str(out)] + (["--format", fmt] if fmt != "transformers" else [])
+    """The ``pretrain-distill export`` command that writes this export again (its paths as the card
+    names them: relative to the run directory's parent unless ``full_paths``)."""
+    if full_paths:
+        run, checkpoint, target = str(source.run_dir), str(source.checkpoint), str(out)
+    else:
+        run, checkpoint, target = source.run_dir.name, source.in_run(source.checkpoint), source.in_run(out)
+    argv = ["pretrain-distill", "export", run, "--checkpoint", checkpoint, "--out", target]
+    argv += ["--format", fmt] if fmt != "transformers" else []
     argv += ["--quantize", quantize] if quantize else []
     if with_head != head_trained:
         argv.append("--with-mlm-head" if with_head else "--without-mlm-head")

@@ -1,9 +1,13 @@
 """The model card (README.md) of an export, written with ``huggingface_hub.ModelCard``.
 
 Metadata: ``base_model`` (the teacher's hub name when it has one), ``license`` (the teacher's, read from
-its own card, unless given), ``library_name``, ``pipeline_tag``, tags. Body: teacher (name and local
-path), student shape and parameter count, objective and its settings, data (sources and corpus tokens from
-the shards' manifest), tokens and steps trained, the exported checkpoint, the commands, final losses.
+its own card, unless given), ``library_name``, ``pipeline_tag``, tags. Body: teacher, student shape and
+parameter count, objective and its settings, data (sources and corpus tokens from the shards'
+manifest), tokens and steps trained, the exported checkpoint, the commands, final losses.
+
+Local paths are named as :mod:`pretrain_distill.core.public_paths` publishes them (the teacher by its
+hub id or folder name, the data by source kind and file name, the checkpoint relative to the run),
+unless ``full_paths``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from pretrain_distill.core.public_paths import public_name, public_text
 from pretrain_distill.export.source import ExportSource
 
 PIPELINE = {
@@ -62,7 +67,7 @@ def _count(n: int | None) -> str:
 
 
 def _student_line(
-    student: dict[str, Any], encoder_parameters: int, stored_values: int, mlm_head: str | None
+    student: dict[str, Any], encoder_parameters: int, stored_values: int, mlm_head: str | None, full: bool
 ) -> str:
     shape = ", ".join(
         f"{k}={student[k]}"
@@ -70,7 +75,9 @@ def _student_line(
         if student.get(k) is not None
     )
     init = f"`{student.get('init')}`" + (
-        f", from `{student['init_from']}`" if student.get("init_from") else ""
+        f", from `{student['init_from'] if full else public_name(student['init_from'])}`"
+        if student.get("init_from")
+        else ""
     )
     head = {
         None: "the base encoder (no MLM head)",
@@ -83,9 +90,12 @@ def _student_line(
     )
 
 
-def _data_line(data: dict[str, Any]) -> str:
+def _data_line(data: dict[str, Any], full: bool) -> str:
     manifest = _manifest(data.get("shards"))
-    sources = ", ".join(f"`{s}`" for s in manifest.get("sources", [])) or f"`{data.get('shards')}`"
+    shown = str if full else public_text
+    sources = (
+        ", ".join(f"`{shown(s)}`" for s in manifest.get("sources", [])) or f"`{shown(data.get('shards'))}`"
+    )
     corpus = manifest.get("totals", {}).get("tokens")
     size = (
         f"{_count(corpus)} tokens in the corpus"
@@ -95,7 +105,7 @@ def _data_line(data: dict[str, Any]) -> str:
     return f"- **Data**: {sources}; {size}"
 
 
-def _training_lines(source: ExportSource) -> list[str]:
+def _training_lines(source: ExportSource, full: bool) -> list[str]:
     train, state = source.config.get("train", {}), source.metadata.get("state", {})
     world = source.metadata.get("world_size", 1)
     global_batch = train.get("micro_batch_size", 0) * train.get("grad_accum", 1) * world
@@ -104,7 +114,8 @@ def _training_lines(source: ExportSource) -> list[str]:
         f"{_count(state.get('tokens'))} tokens seen; global batch {global_batch} "
         f"(micro {train.get('micro_batch_size')} x accumulation {train.get('grad_accum')} x {world} ranks), "
         f"peak LR {train.get('lr')}, precision {train.get('precision')}",
-        f"- **Checkpoint**: `{source.checkpoint}`, step {source.step}, written {source.written_at}",
+        f"- **Checkpoint**: `{source.checkpoint if full else source.in_run(source.checkpoint)}`, "
+        f"step {source.step}, written {source.written_at}",
     ]
 
 
@@ -161,6 +172,7 @@ def model_card(
     stored_values: int,
     license: str | None,
     command: str,
+    full_paths: bool = False,
 ) -> ModelCard:
     """The card of one export (see the module docstring); ``mlm_head``: None, "trained" or "untrained"."""
     config = source.config
@@ -181,12 +193,12 @@ def model_card(
         "A task-agnostic distillation of the teacher below with `pretrain-distill` (setup of Udagawa et al. "
         "2023), exported for fine-tuning.",
         "",
-        f"- **Teacher (base model)**: `{teacher_name}`"
-        + (f" (local copy `{teacher_dir}`)" if teacher_dir else ""),
-        _student_line(config.get("student", {}), encoder_parameters, stored_values, mlm_head),
+        f"- **Teacher (base model)**: `{teacher_name if full_paths else public_name(teacher_name)}`"
+        + (f" (local copy `{teacher_dir}`)" if teacher_dir and full_paths else ""),
+        _student_line(config.get("student", {}), encoder_parameters, stored_values, mlm_head, full_paths),
         f"- **Objective**: {terms}; {objective_settings(objective)}",
-        _data_line(config.get("data", {})),
-        *_training_lines(source),
+        _data_line(config.get("data", {}), full_paths),
+        *_training_lines(source, full_paths),
         f"- **Licence**: {license} ({licence_note})"
         if license
         else "- **Licence**: not stated by the teacher (check the teacher's and the data's terms)",

@@ -37,6 +37,14 @@ class ExportSource:
         mtime = (self.checkpoint / COMPLETE).stat().st_mtime
         return datetime.fromtimestamp(mtime, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
+    def in_run(self, path: Path) -> str:
+        """``path`` as the run names it: relative to the run, under the run directory's name
+        (``distill/checkpoints/step_00000004``); the folder name alone outside the run."""
+        try:
+            return str(Path(self.run_dir.name) / path.resolve().relative_to(self.run_dir.resolve()))
+        except ValueError:
+            return path.name
+
     def describe(self) -> str:
         """``<checkpoint> (step N, written <time>)``: which weights an export holds."""
         return f"{self.checkpoint} (step {self.step}, written {self.written_at})"

@@ -81,6 +81,10 @@ class Family:
     sliding_window: tuple[str, str] | None = None  # (config list of layer types, the sliding-window type)
     shape_fields: tuple[str, str, str, str] = BERT_SHAPE  # config fields of (layers, heads, hidden, ffn)
     write_config: ConfigWriter | None = None  # family-specific fields of a student config, in place
+    # Its encoder builds the attention mask with transformers' create_bidirectional_mask (and, with
+    # sliding-window layers, create_bidirectional_sliding_window_mask), which hand prepared masks on as
+    # they are (models/attention_mask.py prepares them without a device read); False: its own masks.
+    prepared_mask: bool = True
 
     @property
     def model_type(self) -> str:
@@ -209,6 +213,7 @@ DEBERTA_V2 = Family(
     attention=EAGER_ONLY,
     first_layer_output="encoder.conv",
     write_config=_deberta_config,
+    prepared_mask=False,  # its own extended mask
 )
 EUROBERT = Family(
     name="EuroBERT",

@@ -33,6 +33,7 @@ from pretrain_distill.models import (
     spec_of,
     truncate_layers,
 )
+from pretrain_distill.models.attention_mask import encoder_attention_mask
 from pretrain_distill.models.families import (
     encoder_layers,
     family_of,
@@ -41,6 +42,7 @@ from pretrain_distill.models.families import (
     sliding_window_layers,
 )
 from pretrain_distill.models.teacher import FIT_MLM_HEAD_HINT
+from pretrain_distill.objectives.host_batch import plan_batch
 from pretrain_distill.objectives.losses import (
     DirectMiniLMMaps,
     HiddenStateProjections,
@@ -59,18 +61,21 @@ TERMS: tuple[str, ...] = ("hs", "od", "minilmv2", "direct_minilm", "cosine", "ml
 _LOGIT_TERMS = ("od", "mlm")
 
 
-def mlm_logits_at(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, positions: Tensor) -> Tensor:
-    """``model(...).logits[positions]`` (``[N, V]``), with the MLM head run on the selected rows only.
+def mlm_logits_at(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, rows: Tensor) -> Tensor:
+    """The MLM logits of the flat positions ``rows`` (indices into ``B * T``): ``[N, V]``, the head run
+    on those rows only. ``attention_mask``: ``[B, T]``, None when no token is padding.
 
     The encoder sees the whole batch; the head (the family's MLM head chain, position-wise: ModernBERT's
-    ``head -> decoder``, ELECTRA's ``generator_predictions -> generator_lm_head``, ...) only the
-    ``positions`` rows, so no ``B x T x V`` logits are ever formed.
+    ``head -> decoder``, ELECTRA's ``generator_predictions -> generator_lm_head``, ...) only the selected
+    rows, gathered by indices the host computed: no ``B x T x V`` logits are ever formed, and their
+    number is known before the forward (nothing waits for the device).
     """
     head = mlm_head(model)
+    mask = encoder_attention_mask(model, attention_mask)
     if head is None:
         raise ValueError(f"{type(model).__name__} has no MLM head chain of its family: no MLM logits")
-    hidden = base_model(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    return head(hidden[positions])
+    hidden = base_model(model)(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    return head(hidden.flatten(0, 1).index_select(0, rows))
 
 
 def resolve_teacher_layer(spec: str | int, num_teacher_layers: int) -> int:
@@ -327,77 +332,73 @@ class Distiller(nn.Module):
             self._mapping = self._draw(counter)
             self._teacher_tap.retarget(*self._tapped("teacher"))
 
-    def _od_positions(self, attention_mask: Tensor, labels: Tensor | None) -> Tensor:
-        """Bool ``[B, T]``: where OD compares distributions (the masked tokens, or every valid one)."""
-        return labels != -100 if self.cfg.od_positions == "masked" else attention_mask != 0
-
-    def _logit_positions(
-        self, attention_mask: Tensor, labels: Tensor | None, od_positions: Tensor | None
-    ) -> Tensor | None:
-        """Bool ``[B, T]``: the positions any logit term reads (None when no term reads logits)."""
-        if not self._needs_logits:
-            return None
-        positions = torch.zeros_like(attention_mask, dtype=torch.bool)
-        if od_positions is not None:
-            positions |= od_positions
-        if "mlm" in self.weights:
-            positions |= labels != -100
-        return positions
-
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None = None
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None
     ) -> dict[str, Tensor]:
-        """Each weighted term's loss (float32 scalars) and ``"loss"`` = ``sum(weight * term)``."""
+        """Each weighted term's loss (float32 scalars) and ``"loss"`` = ``sum(weight * term)``.
+
+        ``input_ids`` on the models' device; ``attention_mask`` (None: no padding) and the MLM ``labels``
+        best stay the loader's CPU tensors: padding and the positions to score are then decided on the
+        host (:func:`plan_batch`) and the step never waits for the device.
+        """
         if self.needs_masking and labels is None:
             raise ValueError(
                 f"objective terms {self._logit_terms()} need MLM labels (a masked batch): pass labels="
             )
+        host = plan_batch(
+            attention_mask,
+            labels,
+            input_ids.device,
+            shape=input_ids.shape,
+            od_positions=self.cfg.od_positions if "od" in self.weights else None,
+            mlm="mlm" in self.weights,
+        )
+        mask = host.attention_mask
         teacher_logits = None
-        od_positions = self._od_positions(attention_mask, labels) if "od" in self.weights else None
-        positions = self._logit_positions(attention_mask, labels, od_positions)
         if self._teacher_tap is not None:
             with torch.inference_mode():
                 if "od" in self.weights:
-                    teacher_logits = mlm_logits_at(self.teacher, input_ids, attention_mask, positions)
+                    teacher_logits = mlm_logits_at(self.teacher, input_ids, mask, host.rows)
                 else:
-                    base_model(self.teacher)(input_ids=input_ids, attention_mask=attention_mask)
+                    teacher = base_model(self.teacher)
+                    teacher(input_ids=input_ids, attention_mask=encoder_attention_mask(teacher, mask))
             t_cap = self._teacher_tap.pop()
-        student_ids = input_ids
-        if self.vocab_index is not None:  # a pruned vocabulary: remapped ids, the kept tokens' logits
+        student_ids, mlm_labels = input_ids, host.mlm_labels
+        if (
+            self.vocab_index is not None
+        ):  # a pruned vocabulary: remapped ids and labels, the kept tokens' logits
             student_ids = self.vocab_index.student_ids(input_ids)
-            labels = self.vocab_index.student_labels(labels) if labels is not None else None
+            if mlm_labels is not None:
+                mlm_labels = self.vocab_index.student_labels(mlm_labels)
             if teacher_logits is not None:
                 teacher_logits = self.vocab_index.restrict(teacher_logits)
         if self._needs_logits:
-            student_logits = mlm_logits_at(self.student, student_ids, attention_mask, positions)
+            student_logits = mlm_logits_at(self.student, student_ids, mask, host.rows)
         else:
-            base_model(self.student)(input_ids=student_ids, attention_mask=attention_mask)
+            student = base_model(self.student)
+            student(input_ids=student_ids, attention_mask=encoder_attention_mask(student, mask))
         s_cap = self._student_tap.pop()
 
         losses: dict[str, Tensor] = {}
         if "hs" in self.weights:
             losses["hs"] = hidden_state_loss(
-                s_cap.hidden, t_cap.hidden, self._mapping, self.hs_projections, attention_mask
+                s_cap.hidden, t_cap.hidden, self._mapping, self.hs_projections, mask
             )
-        if "od" in self.weights:
-            losses["od"] = output_distribution_loss(
-                student_logits,
-                teacher_logits,
-                self.cfg.temperature,
-                od_positions[positions],
-            )
+        if "od" in self.weights:  # the rows are the OD positions
+            losses["od"] = output_distribution_loss(student_logits, teacher_logits, self.cfg.temperature)
         if self.qkv_layers is not None:
             s_qkv, t_qkv = s_cap.qkv[self.qkv_layers[0]], t_cap.qkv[self.qkv_layers[1]]
             if "minilmv2" in self.weights:
-                losses["minilmv2"] = minilmv2_loss(s_qkv, t_qkv, attention_mask, self.cfg.relation_heads)
+                losses["minilmv2"] = minilmv2_loss(s_qkv, t_qkv, mask, self.cfg.relation_heads)
             if "direct_minilm" in self.weights:
-                losses["direct_minilm"] = direct_minilm_loss(s_qkv, t_qkv, attention_mask, self.direct_maps)
+                losses["direct_minilm"] = direct_minilm_loss(s_qkv, t_qkv, mask, self.direct_maps)
         if "cosine" in self.weights:
             losses["cosine"] = cosine_hidden_loss(
-                s_cap.hidden[self.num_student_layers], t_cap.hidden[self.num_teacher_layers], attention_mask
+                s_cap.hidden[self.num_student_layers], t_cap.hidden[self.num_teacher_layers], mask
             )
         if "mlm" in self.weights:
-            losses["mlm"] = mlm_loss(student_logits, labels[positions])
+            rows = student_logits if host.mlm_rows is None else student_logits.index_select(0, host.mlm_rows)
+            losses["mlm"] = mlm_loss(rows, mlm_labels)
         total = sum(self.weights[name] * value for name, value in losses.items())
         if "direct_minilm" in self.weights and self.cfg.orthogonal_weight > 0:
             losses["orthogonality"] = self.direct_maps.orthogonality_penalty()

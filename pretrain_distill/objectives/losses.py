@@ -50,6 +50,11 @@ def _valid_mask(attention_mask: Tensor | None, batch: int, length: int, device: 
     return attention_mask.to(device=device) != 0
 
 
+def _valid_or_none(attention_mask: Tensor | None, x: Tensor) -> Tensor | None:
+    """:func:`_valid_mask` for ``x`` ``[B, T, ...]``, or None when there is no mask (every token valid)."""
+    return None if attention_mask is None else _valid_mask(attention_mask, x.shape[0], x.shape[1], x.device)
+
+
 MASK_VALUE = -1e30  # a masked score: finite, so fully padded rows stay NaN-free (they get weight 0 anyway)
 
 
@@ -61,6 +66,23 @@ def upcast(x: Tensor) -> Tensor:
 def _zero_like_graph(t: Tensor) -> Tensor:
     """An exact zero (compute dtype) that keeps ``t`` in the autograd graph (for empty selections)."""
     return upcast(t).sum() * 0.0
+
+
+def _masked_mean(values: Tensor, valid: Tensor | None, width: int = 1) -> Tensor:
+    """``sum(values[valid]) / (count(valid) * width)`` for ``values`` ``[B, T]`` and ``valid`` ``[B, T]`` (None:
+    every position), as a weighted sum: the shape never depends on the data, so nothing waits for the
+    device. Invalid positions contribute exactly 0 (even where ``values`` is inf / NaN) and get no
+    gradient; no valid position gives an exact 0 still attached to the graph."""
+    if valid is None:
+        return values.sum() / max(values.numel() * width, 1)
+    total = torch.where(valid, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum()
+    return total / (valid.sum() * width).clamp(min=1).to(values.dtype)
+
+
+def _squared_error(pred: Tensor, target: Tensor) -> Tensor:
+    """``sum_d (pred - target)^2`` per position (``[..., d] -> [...]``), in the compute dtype."""
+    pred = upcast(pred)
+    return (pred - upcast(target).to(pred.dtype)).pow(2).sum(-1)
 
 
 def _get_state(states: States, layer: int, who: str) -> Tensor:
@@ -189,27 +211,19 @@ def hidden_state_loss(
     """
     pairs = mapping_pairs(mapping)
     total: Tensor | None = None
-    sel: Tensor | None = None
     for i, j in pairs:
         hs = _get_state(student_states, i, "student")
         ht = _get_state(teacher_states, j, "teacher").detach()
         _check_same_tokens(hs, ht, f"hidden_state_loss pair (student {i}, teacher {j})")
-        if sel is None:
-            sel = _valid_mask(attention_mask, hs.shape[0], hs.shape[1], hs.device)
+        valid = _valid_or_none(attention_mask, hs)
         proj = _pair_projection(projections, i, j, hs.shape[-1], ht.shape[-1])
-        hs_valid = hs[sel]  # [N, d_S], padding dropped before the projection
-        pred = hs_valid if proj is None else proj(hs_valid)
-        target = ht[sel.to(ht.device)].to(pred.device)
-        if pred.shape != target.shape:
+        pred = hs if proj is None else proj(hs)
+        if pred.shape != ht.shape:
             raise ValueError(
                 f"hidden_state_loss pair ({i}, {j}): projected student {tuple(pred.shape)} does not match "
-                f"teacher {tuple(target.shape)}"
+                f"teacher {tuple(ht.shape)}"
             )
-        term = (
-            F.mse_loss(upcast(pred), upcast(target).to(upcast(pred).dtype))
-            if pred.numel()
-            else _zero_like_graph(pred)
-        )
+        term = _masked_mean(_squared_error(pred, ht.to(pred.device)), valid, pred.shape[-1])
         total = term if total is None else total + term
     if total is None:  # nothing mapped: an exact 0, attached to the student graph when possible
         refs = (
@@ -325,30 +339,29 @@ def cosine_hidden_loss(
             f"cosine_hidden_loss needs equal widths, got student {student_hidden.shape[-1]} and teacher "
             f"{teacher_hidden.shape[-1]}"
         )
-    sel = _valid_mask(attention_mask, *student_hidden.shape[:2], student_hidden.device)
-    hs = upcast(student_hidden[sel])
-    ht = teacher_hidden.detach()[sel.to(teacher_hidden.device)].to(device=hs.device, dtype=hs.dtype)
-    if hs.shape[0] == 0:
-        return _zero_like_graph(hs)
+    valid = _valid_or_none(attention_mask, student_hidden)
+    hs = upcast(student_hidden)
+    ht = teacher_hidden.detach().to(device=hs.device, dtype=hs.dtype)
     # torch's cosine_embedding_loss uses EPSILON = 1e-12 in its normaliser; cosine_similarity uses 1e-8;
     # the difference only matters for (near-)zero vectors.
     cos = F.cosine_similarity(hs, ht, dim=-1, eps=1e-8)
-    return (1.0 - cos).mean()
+    return _masked_mean(1.0 - cos, valid)
 
 
 def mlm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Plain masked-LM cross-entropy, mean over positions whose label is not ``-100`` (float32).
 
-    Only the labelled rows are upcast, so ``[B, T, V]`` bf16 logits are never copied whole to float32.
-    Returns an exact 0 (connected to the graph) when no position is labelled.
+    The logits are upcast whole: pass the rows that matter (the Distiller gathers the labelled ones
+    before the head, so ``[B, T, V]`` bf16 logits are never made). A sum over the labelled rows divided
+    by their count, so nothing waits for the device; an exact 0 (connected to the graph) when no position
+    is labelled.
     """
     if logits.shape[:-1] != labels.shape:
         raise ValueError(f"mlm_loss: logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}")
-    sel = labels != -100
-    rows = logits[sel.to(logits.device)]
-    if rows.shape[0] == 0:
-        return _zero_like_graph(rows)
-    return F.cross_entropy(upcast(rows), labels[sel].to(rows.device), reduction="mean")
+    labels = labels.to(logits.device)
+    rows = upcast(logits).reshape(-1, logits.shape[-1])
+    total = F.cross_entropy(rows, labels.reshape(-1), ignore_index=-100, reduction="sum")
+    return total / (labels != -100).sum().clamp(min=1).to(total.dtype)
 
 
 # --------------------------------------------------------------------------- DirectMiniLM (eq. 10/11)
@@ -453,10 +466,12 @@ def direct_minilm_loss(
                 f"{maps.student_dims[alpha]}->{maps.teacher_dims[alpha]}, got "
                 f"student {s.shape[-1]} and teacher {t.shape[-1]}"
             )
-        sel = _valid_mask(attention_mask, s.shape[0], s.shape[1], s.device)
-        pred = maps(alpha, s[sel])
-        target = t.detach()[sel.to(t.device)].to(pred.device)
-        term = F.mse_loss(pred, upcast(target).to(pred.dtype)) if pred.shape[0] else _zero_like_graph(pred)
+        pred = maps(alpha, s)
+        term = _masked_mean(
+            _squared_error(pred, t.detach().to(pred.device)),
+            _valid_or_none(attention_mask, s),
+            pred.shape[-1],
+        )
         total = term if total is None else total + term
     assert total is not None
     return total

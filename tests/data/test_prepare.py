@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pretrain_distill.cli import main as cli_main
+from pretrain_distill.core.run_lock import OutputDirInUseError
 from pretrain_distill.data import prepare as prepare_module
 from pretrain_distill.data.errors import DataError
 from pretrain_distill.data.manifest import load_manifest
@@ -216,3 +223,92 @@ def test_cli_help_explains_usage(capsys):
         cli_main(["prepare", "--help"])
     text = capsys.readouterr().out
     assert "Examples:" in text and "KIND:PATH" in text and "--workers" in text
+
+
+# The prepare CLI, its driver killed (kill -9) once it has journalled its second finished unit, while
+# its reader and chunk processes (--workers 2) are busy with the next ones.
+KILL_AFTER_TWO_UNITS = """
+import os, signal, sys
+from pretrain_distill import cli
+from pretrain_distill.data import prepare
+run_units = prepare._run_units
+def units_then_die(*args, **kwargs):
+    for finished, result in enumerate(run_units(*args, **kwargs), start=1):
+        yield result
+        if finished == 2:  # resumed after the second unit's journal line was flushed
+            os.kill(os.getpid(), signal.SIGKILL)
+prepare._run_units = units_then_die
+sys.exit(cli.main(["prepare", *sys.argv[1:]]))
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_prepare_with_two_workers_resumes_to_identical_shards(tmp_path, tokenizer):
+    corpus = tmp_path / "cc100"
+    write_cc100(corpus, {"de": 60, "ru": 40, "zh": 30})
+    options = ["--max-length", "32", "--shard-chars", "300", "--block-size", "8", "--no-progress"]
+    reference = prepare_shards(
+        [f"cc100:{corpus}"],
+        tmp_path / "ref",
+        tokenizer=tokenizer,
+        max_length=32,
+        workers=1,
+        shard_chars=300,
+        block_size=8,
+        progress=False,
+    )
+    argv = ["--source", f"cc100:{corpus}", "--out", str(tmp_path / "run"), "--workers", "2", *options]
+    repo = Path(__file__).resolve().parents[2]
+    env = os.environ | {"PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    killed = subprocess.Popen(
+        [sys.executable, "-c", KILL_AFTER_TWO_UNITS, *argv],
+        cwd=repo,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert killed.wait(timeout=300) == -signal.SIGKILL
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(killed.pid, signal.SIGKILL)  # its orphaned workers
+    journal = (tmp_path / "run" / "progress.jsonl").read_text().splitlines()
+    assert len(journal) == 1 + 2 and not (tmp_path / "run" / "manifest.json").exists()
+    with pytest.warns(UserWarning, match=rf"taking over the lock left by prepare pid {killed.pid} "):
+        assert cli_main(["prepare", *argv]) == 0  # the rerun resumes
+    resumed = load_manifest(tmp_path / "run")
+    assert resumed["shards"] == reference["shards"] and resumed["totals"] == reference["totals"]
+    for s in reference["shards"]:
+        assert (tmp_path / "run" / s["name"]).read_bytes() == (tmp_path / "ref" / s["name"]).read_bytes()
+    assert not (tmp_path / "run" / "progress.jsonl").exists()
+
+
+def test_a_second_prepare_into_a_directory_in_use_refuses(tmp_path, tokenizer):
+    """Another live process prepares into ``out`` (it holds the lock): refused in one line naming it."""
+    corpus = tmp_path / "c"
+    write_cc100(corpus, {"zh": 10})
+    out = tmp_path / "out"
+    repo = Path(__file__).resolve().parents[2]
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nfrom pretrain_distill.core.run_lock import RunLock\n"
+            f"lock = RunLock({str(out)!r}, 'prepare').acquire()\nprint('held', flush=True)\ntime.sleep(600)",
+        ],
+        cwd=repo,
+        env=os.environ | {"PYTHONPATH": str(repo)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputDirInUseError, match=rf"is in use by prepare pid {holder.pid} on host "):
+            prepare_shards(
+                [f"cc100:{corpus}"], out, tokenizer=tokenizer, max_length=16, workers=1, progress=False
+            )
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()

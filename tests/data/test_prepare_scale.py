@@ -138,13 +138,16 @@ def _bz2_members(directory, docs_per_member=5, members=3):
     return path, offsets
 
 
-def test_corrupt_member_is_reported_with_offsets_or_skipped_and_counted(tmp_path, tokenizer, caplog):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_corrupt_member_is_reported_with_offsets_or_skipped_and_counted(tmp_path, tokenizer, caplog, workers):
+    """Also with reader and chunk processes (``--workers 2``): the error crosses the process boundary
+    with its offsets, and the skipped member is counted by the driver."""
     path, offsets = _bz2_members(tmp_path)
     data = bytearray(path.read_bytes())
     middle = (offsets[1] + offsets[2]) // 2
     data[middle : middle + 8] = bytes(b ^ 0xFF for b in data[middle : middle + 8])
     path.write_bytes(bytes(data))
-    args = dict(tokenizer=tokenizer, max_length=64, workers=1, progress=False)
+    args = dict(tokenizer=tokenizer, max_length=64, workers=workers, progress=False)
     with pytest.raises(
         DataError, match=rf"corpus.txt.bz2: corrupt bz2 member starting at byte {offsets[1]} "
     ):

@@ -10,7 +10,7 @@ import torch
 
 from pretrain_distill.core.config_loading import CONFIG_ROOT
 from pretrain_distill.core.errors import ConfigError
-from pretrain_distill.engine.deepspeed_config import build_deepspeed_config
+from pretrain_distill.engine.deepspeed_config import build_deepspeed_config, clips_on_device
 from pretrain_distill.run_config import TrainConfig
 
 CPU = torch.device("cpu")
@@ -24,13 +24,17 @@ def _json(tmp_path, data) -> str:
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (CONFIG_ROOT / "deepspeed").glob("*.json")))
-def test_shipped_json_merge(name):
+def test_shipped_json_merge(name, recwarn):
     cfg = TrainConfig(deepspeed=f"deepspeed/{name}", micro_batch_size=4, grad_accum=2, precision="bf16")
     ds = build_deepspeed_config(cfg, world_size=2, device=GPU)
     assert ds["train_micro_batch_size_per_gpu"] == 4
     assert ds["gradient_accumulation_steps"] == 2
     assert ds["train_batch_size"] == 16
-    assert ds["gradient_clipping"] == 1.0
+    # ZeRO-1/2: the engine clips on the device (DeepSpeed would read the norm on the host); else DeepSpeed
+    assert clips_on_device(ds) == (name in ("zero1.json", "zero2.json"))
+    assert ds["gradient_clipping"] == (0.0 if clips_on_device(ds) else 1.0)
+    # bf16 under ZeRO-0 on a GPU: DeepSpeed's wrapper reads every gradient on the host, and says so
+    assert any("bf16 under ZeRO-0" in str(w.message) for w in recwarn) == (name == "zero0.json")
     assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
     assert ds["zero_optimization"]["stage"] == int(name[4])
 
@@ -52,6 +56,7 @@ def test_zero_stage_override(tmp_path):
         ({"optimizer": {"type": "Adam"}}, "'optimizer' section"),
         ({"scheduler": {"type": "WarmupLR"}}, "'scheduler' section"),
         ({"zero_optimization": {"stage": 7}}, "ZeRO stage must be 0-3"),
+        ({"zero_optimization": {"stage": 2, "compute_grad_norm": False}}, "needs the gradient norm"),
     ],
 )
 def test_disagreements_are_errors(tmp_path, json_data, match):
@@ -66,6 +71,7 @@ def test_agreeing_and_auto_values_pass(tmp_path):
         "gradient_accumulation_steps": "auto",
         "train_batch_size": 32,
         "bf16": {"enabled": "auto"},
+        "zero_optimization": {"stage": 1},
     }
     cfg = TrainConfig(deepspeed=_json(tmp_path, data), micro_batch_size=8, grad_accum=2, precision="bf16")
     ds = build_deepspeed_config(cfg, 2, GPU)

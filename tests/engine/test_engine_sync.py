@@ -1,17 +1,16 @@
 """The training loop never makes the host wait for the device between two boundaries (log line,
-checkpoint, stop): no ``.item()`` / ``bool()`` / ``.tolist()`` / ``.cpu()`` ... in the steady-state steps.
+checkpoint, stop): no ``.item()`` / ``bool()`` / ``.tolist()`` / ``nonzero`` / boolean-mask index ... in
+the steady-state steps, from our code or from the libraries' code on our behalf.
 
 On CPU nothing synchronises, so the test counts the calls that would (every Tensor method that reads
-device memory on the host, and boolean-mask indexing, whose output shape depends on the data) while the
-real ``Trainer`` runs with DeepSpeed ZeRO-2 in bf16, the GPU configuration; the boundary work
-(``_settle``, ``_log``, ``save``) is where reading is allowed and is left out. On CUDA the same window
-runs under ``torch.cuda.set_sync_debug_mode("error")``.
-
-The loop itself reads nothing. Three known reads remain outside it, pinned below so that a new one
-fails the test: in the model forward, Hugging Face's mask helper asks ``padding_mask.all()`` to decide
-whether SDPA may skip the mask, and the HS loss drops padding by boolean indexing before its
-projections; in ``engine.step()`` at each optimizer step, DeepSpeed 0.19.8's ZeRO-1/2 gradient clipping
-checks the norm on the host (``is_invalid_grad_norm`` in ``unscale_and_clip_grads``).
+device memory on the host, ``torch.nonzero`` / ``masked_select``, and boolean-mask indexing, whose output
+shape depends on the data) while the real ``Trainer`` runs with DeepSpeed ZeRO-2 in bf16, the GPU
+configuration, for every objective, on batches with and without padding. Allowed: the boundary work
+(``_settle``, ``_log``, ``save``), and the data pipeline's host tensors: :func:`plan_batch` reads the
+loader's CPU mask and the host-drawn MLM labels (checked to be exactly those), never a device tensor.
+Nothing else is, transformers' and DeepSpeed's code included (the model's mask is prepared without
+``padding_mask.all()``; ZeRO-1/2 clipping runs on the device). On CUDA the same window runs under
+``torch.cuda.set_sync_debug_mode("error")``.
 """
 
 from __future__ import annotations
@@ -33,19 +32,23 @@ from engine_helpers import (
     tiny_overrides,
 )
 
+import pretrain_distill.objectives.distiller as distiller_module
 from pretrain_distill.core.checkpoint_trust import read_metadata
 from pretrain_distill.core.metrics_log import MetricsLogger, read_metrics
 from pretrain_distill.engine.checkpoint import CheckpointStore
 from pretrain_distill.engine.signals import PreemptionFlag
 from pretrain_distill.engine.trainer import Trainer
 
-# Reads outside the loop: the Distiller's forward and DeepSpeed's step (see the module docstring).
-KNOWN_READS = {
-    ("__bool__", "transformers/masking_utils.py"),
-    ("boolean-mask indexing", "pretrain_distill/objectives/losses.py"),
-    ("__bool__", "deepspeed/runtime/utils.py"),
-}
 _READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu", "nonzero")
+_READS += ("masked_select",)
+_FUNCTIONS = ("nonzero", "masked_select", "argwhere")  # torch.* functions with data-dependent shapes
+OBJECTIVES = {
+    "hs": ["objective.weights={hs: 1.0}"],
+    "od": ["objective.weights={od: 1.0}"],  # on the masked positions (the tiny teacher has an MLM head)
+    "minilmv2": ["objective.weights={minilmv2: 1.0}", "objective.relation_heads=4"],
+    "direct_minilm": ["objective.weights={direct_minilm: 1.0}"],
+    "od_all+mlm": ["objective.weights={od: 1.0, mlm: 0.5}", "objective.od_positions=all"],
+}
 
 
 class _Window:
@@ -63,38 +66,57 @@ class _Window:
             self.reads.append(f"{what} at {where}")
 
 
+def _has_bool_mask(index) -> bool:
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts)
+
+
 def _patch_reads(monkeypatch, window: _Window) -> None:
+    def counting(original, name):
+        def counted(*args, **kwargs):
+            window.record(name)
+            return original(*args, **kwargs)
+
+        return counted
+
     for name in _READS:
-        original = getattr(torch.Tensor, name)
-
-        def counted(self, *args, _original=original, _name=name, **kwargs):
-            window.record(_name)
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    getitem = torch.Tensor.__getitem__
+        monkeypatch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name), name))
+    for name in _FUNCTIONS:
+        monkeypatch.setattr(torch, name, counting(getattr(torch, name), f"torch.{name}"))
+    getitem, setitem = torch.Tensor.__getitem__, torch.Tensor.__setitem__
 
     def indexed(self, index):
-        parts = index if isinstance(index, tuple) else (index,)
-        if any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts):
+        if _has_bool_mask(index):
             window.record("boolean-mask indexing")
         return getitem(self, index)
 
+    def assigned(self, index, value):
+        if _has_bool_mask(index):
+            window.record("boolean-mask assignment")
+        return setitem(self, index, value)
+
     monkeypatch.setattr(torch.Tensor, "__getitem__", indexed)
+    monkeypatch.setattr(torch.Tensor, "__setitem__", assigned)
+
+
+def _pause_in(monkeypatch, window: _Window, owner, name: str, check=None) -> None:
+    original = getattr(owner, name)
+
+    def paused(*args, **kwargs):
+        if check is not None:
+            check(*args, **kwargs)
+        window.paused += 1
+        try:
+            return original(*args, **kwargs)
+        finally:
+            window.paused -= 1
+
+    monkeypatch.setattr(owner, name, paused)
 
 
 def _boundaries_pause(monkeypatch, window: _Window) -> None:
     for name in ("_settle", "_log", "save"):
-        original = getattr(Trainer, name)
-
-        def paused(self, *args, _original=original, **kwargs):
-            window.paused += 1
-            try:
-                return _original(self, *args, **kwargs)
-            finally:
-                window.paused -= 1
-
-        monkeypatch.setattr(Trainer, name, paused)
+        _pause_in(monkeypatch, window, Trainer, name)
     log = MetricsLogger.log
 
     def log_then_open(self, step, metrics):
@@ -104,43 +126,78 @@ def _boundaries_pause(monkeypatch, window: _Window) -> None:
     monkeypatch.setattr(MetricsLogger, "log", log_then_open)
 
 
-def _config(teacher, shards, out, objective: str, device: str):
+def _host_tensors_only(monkeypatch, window: _Window, padded: bool) -> list[torch.Tensor]:
+    """Batches with padding (the last 3 tokens of the first row) or none at all; ``plan_batch`` may read
+    only the masks the loader yielded (kept here) and labels drawn from them on the host."""
+    yielded: list[torch.Tensor] = []
+    batches = Trainer._batches
+
+    def shaped(self):
+        for batch in batches(self):
+            mask = batch["attention_mask"]
+            if padded:
+                mask[0, -3:] = 0  # a plain slice: the host tensor, before anything moves
+                batch["input_ids"][0, -3:] = self.tokenizer.pad_token_id
+            else:
+                mask.fill_(1)
+            yielded.append(mask)
+            yield batch
+
+    def check(attention_mask, labels, *args, **kwargs):
+        assert any(m is attention_mask for m in yielded), "plan_batch got a mask the loader did not yield"
+        assert labels is None or labels.device.type == "cpu"
+
+    monkeypatch.setattr(Trainer, "_batches", shaped)
+    _pause_in(monkeypatch, window, distiller_module, "plan_batch", check)
+    return yielded
+
+
+def _config(teacher, shards, out, objective: str, device: str, *extra: str):
     return tiny_config(
         teacher,
         shards,
         out,
-        f"objective.weights={{{objective}: 1.0}}",
-        "objective.relation_heads=4",
+        *OBJECTIVES[objective],
         f"train.device={device}",
         "train.precision=bf16",
         "train.deepspeed=deepspeed/zero2.json",
-        "train.max_steps=9",
+        "train.max_steps=6",
         "train.log_every=3",
         "train.save_every=100",
         "train.grad_accum=2",
+        "train.grad_clip=0.01",  # binding: the device clipping runs
         "train.export=false",
+        *extra,
     )
 
 
-def _site(read: str) -> tuple[str, str]:
-    what, where = read.split(" at ")
-    for known_what, path in KNOWN_READS:
-        if what == known_what and path in where:
-            return what, path
-    return what, where
-
-
-@pytest.mark.parametrize("objective", ["hs", "minilmv2"])
-def test_no_host_read_between_log_lines(objective, tiny_teacher_dir, tiny_shards, tmp_path, monkeypatch):
+@pytest.mark.parametrize("padded", [False, True], ids=["no-padding", "padding"])
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_no_host_read_between_log_lines(
+    objective, padded, tiny_teacher_dir, tiny_shards, tmp_path, monkeypatch
+):
     window = _Window()
     trainer = Trainer(_config(tiny_teacher_dir, tiny_shards, tmp_path / "run", objective, "cpu"))
     _patch_reads(monkeypatch, window)
     _boundaries_pause(monkeypatch, window)
+    yielded = _host_tensors_only(monkeypatch, window, padded)
     with PreemptionFlag() as preemption:
         trainer.fit(preemption)
-    assert window.open  # the window did cover steps 4-9 (two log intervals)
-    outside = [r for r in window.reads if _site(r) not in KNOWN_READS]
-    assert outside == [], "\n".join(f"{n} x {r}" for r, n in Counter(outside).most_common())
+    assert window.open and len(yielded) == 12  # the window did cover steps 4-6 (2 micro-batches each)
+    assert window.reads == [], "\n".join(f"{n} x {r}" for r, n in Counter(window.reads).most_common())
+
+
+def test_zero0_fp32_steps_without_a_read(tiny_teacher_dir, tiny_shards, tmp_path, monkeypatch):
+    """The CPU / fp32 configuration: DeepSpeed passes the step to our AdamW and clips on the device."""
+    window = _Window()
+    extra = ("train.precision=fp32", "train.deepspeed=deepspeed/zero0.json")
+    trainer = Trainer(_config(tiny_teacher_dir, tiny_shards, tmp_path / "run", "hs", "cpu", *extra))
+    _patch_reads(monkeypatch, window)
+    _boundaries_pause(monkeypatch, window)
+    _host_tensors_only(monkeypatch, window, padded=True)
+    with PreemptionFlag() as preemption:
+        trainer.fit(preemption)
+    assert window.open and window.reads == [], window.reads
 
 
 def test_the_counter_sees_a_read(monkeypatch):
@@ -150,26 +207,32 @@ def test_the_counter_sees_a_read(monkeypatch):
     window.open = True
     loss = torch.tensor(1.5)
     float(loss), loss.item(), bool(loss > 0), torch.ones(3)[torch.tensor([True, False, True])]
+    torch.nonzero(torch.ones(2)), loss.masked_select(loss > 0)
+    torch.zeros(3)[torch.tensor([True, False, True])] = 1.0
     assert [r.split(" at ")[0] for r in window.reads] == [
         "__float__",
         "item",
         "__bool__",
         "boolean-mask indexing",
+        "torch.nonzero",
+        "masked_select",
+        "boolean-mask assignment",
     ]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("objective", ["hs", "minilmv2"])
-def test_no_cuda_sync_between_log_lines(objective, tiny_teacher_dir, tiny_shards, tmp_path, monkeypatch):
-    """On the GPU: the steady-state steps run under ``set_sync_debug_mode("error")`` (but for the
-    boundaries, the Distiller's forward and DeepSpeed's step, whose known reads the CPU test pins)."""
+@pytest.mark.parametrize("padded", [False, True], ids=["no-padding", "padding"])
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_no_cuda_sync_between_log_lines(
+    objective, padded, tiny_teacher_dir, tiny_shards, tmp_path, monkeypatch
+):
+    """On the GPU: the steady-state steps run under ``set_sync_debug_mode("error")``, all of them but the
+    boundaries (reads of CPU tensors, ``plan_batch``'s, are no synchronisation)."""
     trainer = Trainer(_config(tiny_teacher_dir, tiny_shards, tmp_path / "run", objective, "cuda"))
+    _host_tensors_only(monkeypatch, _Window(), padded)
     seen = []
-    from pretrain_distill.objectives import Distiller
-
-    relax = [(Trainer, "_settle"), (Trainer, "_log"), (Trainer, "save"), (Distiller, "forward")]
-    for owner, name in [*relax, (type(trainer.engine), "step")]:
-        original = getattr(owner, name)
+    for name in ("_settle", "_log", "save"):
+        original = getattr(Trainer, name)
 
         def relaxed(self, *args, _original=original, **kwargs):
             mode = torch.cuda.get_sync_debug_mode()
@@ -179,7 +242,7 @@ def test_no_cuda_sync_between_log_lines(objective, tiny_teacher_dir, tiny_shards
             finally:
                 torch.cuda.set_sync_debug_mode(mode)
 
-        monkeypatch.setattr(owner, name, relaxed)
+        monkeypatch.setattr(Trainer, name, relaxed)
     log = MetricsLogger.log
 
     def log_then_strict(self, step, metrics):
@@ -193,7 +256,7 @@ def test_no_cuda_sync_between_log_lines(objective, tiny_teacher_dir, tiny_shards
             trainer.fit(preemption)
     finally:
         torch.cuda.set_sync_debug_mode(0)
-    assert seen == [3, 6, 9]
+    assert seen == [3, 6]
 
 
 POISON_RANK_1 = (

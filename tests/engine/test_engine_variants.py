@@ -79,3 +79,43 @@ def test_shipped_minilm_experiment_trains_with_the_real_teacher(teacher_dir, tin
     from transformers import AutoModel
 
     assert AutoModel.from_pretrained(run_dir / "export").config.num_hidden_layers == 3
+
+
+def test_zero2_clips_on_the_device_as_deepspeed_clips(tiny_teacher_dir, tiny_shards, tmp_path):
+    """A binding clip (0.01, under the norms): ZeRO-2, where the engine clips on the device, trains as
+    ZeRO-0, where DeepSpeed clips; without the clip the run is another one."""
+    clip = "train.grad_clip=0.01"
+    _, weights0, _, norms0 = _run(tiny_teacher_dir, tiny_shards, tmp_path / "z0", clip, "train.zero_stage=0")
+    _, weights2, _, norms2 = _run(tiny_teacher_dir, tiny_shards, tmp_path / "z2", clip, "train.zero_stage=2")
+    _, free, _, _ = _run(
+        tiny_teacher_dir, tiny_shards, tmp_path / "free", "train.grad_clip=0", "train.zero_stage=2"
+    )
+    assert min(norms2) > 0.01
+    torch.testing.assert_close(torch.tensor(norms2), torch.tensor(norms0), rtol=1e-4, atol=0)
+    for name in weights0:
+        torch.testing.assert_close(weights2[name], weights0[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert any(not torch.allclose(free[name], weights2[name]) for name in weights2)
+
+
+def test_device_clipping_by_hand_and_a_non_finite_norm_skips_the_step():
+    """DeepSpeed's formula, grads * 1 / max(1, (norm + 1e-6) / clip); a NaN norm sets found_inf."""
+    from types import SimpleNamespace
+
+    from pretrain_distill.engine.trainer import Trainer
+
+    param = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.AdamW([param], fused=True)
+    optimizer.found_inf = torch.zeros(())
+    fake = SimpleNamespace(
+        engine=SimpleNamespace(optimizer=SimpleNamespace()),
+        cfg=load_run_config(overrides=["train.grad_clip=1.0"]),
+    )
+    for norm, grad, found in ((5.0, [0.6, 0.8], 0.0), (0.5, [3.0, 4.0], 0.0), (float("nan"), None, 1.0)):
+        param.grad = torch.tensor([3.0, 4.0])
+        fake.engine.optimizer._global_grad_norm = torch.tensor(norm)
+        Trainer._clip_on_device(fake, optimizer)
+        if grad is not None:
+            torch.testing.assert_close(
+                param.grad, torch.tensor(grad) * (norm / (norm + 1e-6) if norm > 1 else 1.0)
+            )
+        assert float(optimizer.found_inf) == found

@@ -40,8 +40,11 @@ def _teacher_config(model_type: str, vocab: int):
     return AutoConfig.for_model(model_type, vocab_size=vocab, hidden_size=32, **SHAPE)
 
 
-def make_run(root: Path, tokenizer, model_type="bert", weights="{hs: 1.0}", teacher="", steps=(2, 4)) -> Path:
-    """A run directory with complete checkpoints at ``steps`` (each student a distinct random draw)."""
+def make_run(
+    root: Path, tokenizer, model_type="bert", weights="{hs: 1.0}", teacher="", steps=(2, 4), extra=()
+) -> Path:
+    """A run directory with complete checkpoints at ``steps`` (each student a distinct random draw);
+    ``extra``: more run-config overrides."""
     run = root / f"run-{model_type}"
     teacher_dir = root / f"teacher-{model_type}"
     config = _teacher_config(model_type, len(tokenizer))
@@ -59,6 +62,7 @@ def make_run(root: Path, tokenizer, model_type="bert", weights="{hs: 1.0}", teac
             "student.heads=2",
             "student.hidden=32",
             "student.ffn=64",
+            *extra,
         ]
     )
     save_config(cfg, run / "config.yaml")
@@ -167,7 +171,7 @@ def test_with_mlm_head_keeps_an_untrained_head_on_request_and_says_so(bert_run, 
     assert "keeping an MLM head this run did not train" in capsys.readouterr().err
     card = (out / "README.md").read_text()
     assert "MLM head this run did NOT train" in card
-    assert f"--checkpoint {bert_run / 'checkpoints' / 'step_00000004'} --out {out} --with-mlm-head" in card
+    assert f"--checkpoint {bert_run.name}/checkpoints/step_00000004 --out m --with-mlm-head" in card
 
 
 def test_the_cli_prints_no_weight_loading_or_writing_bars(bert_run, tmp_path, capfd):
@@ -202,17 +206,16 @@ def test_card_names_teacher_data_steps_parameters_and_checkpoint(bert_run, tmp_p
     argv = ["export", str(bert_run), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m")]
     assert cli.main([*argv, "--license", "apache-2.0"]) == 0
     err = capsys.readouterr().err
-    assert f"{checkpoint} (step 2, written " in err  # which checkpoint it exports
+    assert f"{checkpoint} (step 2, written " in err  # which checkpoint it exports (on this machine)
     card = ModelCard.load(tmp_path / "m" / "README.md")
     assert card.data.license == "apache-2.0" and card.data.library_name == "transformers"
-    teacher = (bert_run.parent / "teacher-bert").resolve()
     for needle in (
-        f"**Teacher (base model)**: `{teacher}`",
+        "**Teacher (base model)**: `teacher-bert`",  # its folder, not this machine's path
         "hs x 1",
         "layer mapping `uniform`",
         "2 optimizer steps",
         "2,000 (0.00M) tokens seen",
-        f"`{checkpoint}`, step 2, written ",
+        f"`{bert_run.name}/checkpoints/step_00000002`, step 2, written ",
         "| loss_hs | 0.5 |",
         "pretrain-distill export",
         "**Licence**: apache-2.0 (given at export)",
@@ -232,7 +235,38 @@ def test_card_of_the_embedded_teacher_names_its_hub_id_and_licence(tmp_path, tok
     card = ModelCard.load(export_run(run) / "README.md")
     assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
     assert card.data.license == "apache-2.0"  # read from the teacher's own card
-    assert f"local copy `{teacher_dir}`" in card.text
+    assert "**Teacher (base model)**: `sentence-transformers/all-MiniLM-L6-v2`" in card.text
+    assert "local copy" not in card.text
+
+
+def test_card_and_config_carry_no_local_path_unless_asked(tmp_path, tokenizer):
+    """What --push-to-hub publishes names the teacher by its folder, the data by source kind and file
+    name, the checkpoint within the run, the student's init by its folder; never this machine's paths
+    (here the test's temporary directory, under which everything lives). --card-paths full keeps them."""
+    init = f"student.init_from={tmp_path / 'stage1' / 'export'}"
+    run = make_run(tmp_path, tokenizer, steps=(1,), extra=[init])
+    manifest = tmp_path / "shards" / "manifest.json"
+    data = tmp_path / "data" / "dump.xml.bz2"
+    spec = f"wikipedia:{data}#index={tmp_path / 'data' / 'index.txt.bz2'}"
+    manifest.write_text(json.dumps({"sources": [spec], "totals": {"tokens": 10}}))
+    for style in ("names", "full"):
+        out = export_run(run, out=tmp_path / f"out-{style}", card_paths=style)
+        card, copied = (out / "README.md").read_text(), (out / "distill_config.yaml").read_text()
+        if style == "full":
+            assert str(tmp_path) in card and str(tmp_path) in copied
+            continue
+        assert str(tmp_path) not in card and str(tmp_path) not in copied
+        for needle in (
+            "`teacher-bert`",
+            "`wikipedia:dump.xml.bz2#index=index.txt.bz2`",
+            "`run-bert/checkpoints/step_00000001`",
+            "from `export`",
+            "pretrain-distill export run-bert --checkpoint run-bert/checkpoints/step_00000001 --out out-names",
+        ):
+            assert needle in card, needle
+        assert "path: teacher-bert" in copied and "output_dir: run-bert" in copied
+    with pytest.raises(ValueError, match="--card-paths 'all': expected one of names, full"):
+        export_run(run, out=tmp_path / "x", card_paths="all")
 
 
 def test_sentence_transformers_format_loads_offline_with_the_teachers_pooling(

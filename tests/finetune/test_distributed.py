@@ -10,6 +10,8 @@ import re
 import signal
 import subprocess
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,10 @@ from safetensors.torch import load_file
 
 from finetune.finetune_config import ConfigError, load_finetune_config
 from finetune.jobs import run
+from finetune.model_card import model_card
 from pretrain_distill.core.metrics_log import read_metrics
+from pretrain_distill.core.public_paths import public_text
+from pretrain_distill.core.run_lock import OutputDirInUseError
 
 from .conftest import sentence, tiny_classifier
 
@@ -294,9 +299,36 @@ def test_bf16_eval_steps_logs_and_model_card(tmp_path, task_files, no_dropout_en
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
     assert list((run_dir / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     card = (run_dir / "model" / "README.md").read_text()
-    assert f"base_model: {no_dropout_encoder}" in card and "seed: 1" in card
+    assert f"base_model: {no_dropout_encoder.name}" in card and "seed: 1" in card  # its folder's name
     assert f"| dev | accuracy | {metrics['eval']['dev']['accuracy']:.4f} |" in card
-    assert metrics["command"] in card
+    assert public_text(metrics["command"]) in card
+    assert str(no_dropout_encoder.parent) not in card and str(tmp_path) not in card
+
+
+def test_the_fine_tuning_card_names_paths_by_their_folder_unless_asked(tmp_path):
+    metrics = {
+        "method": "pkd",
+        "teacher": str(tmp_path / "models" / "teacher-sst2"),
+        "model": str(tmp_path / "runs" / "distill" / "export"),
+        "run_name": "export-pkd",
+        "task": "sst2",
+        "seed": 1,
+        "train_examples": 10,
+        "steps": 3,
+        "world_size": 1,
+        "select": "last",
+        "selected_epoch": 3,
+        "selected_step": 3,
+        "eval": {"dev": {"accuracy": 0.5}},
+        "ood": {},
+        "command": f"finetune distill --teacher {tmp_path}/models/teacher-sst2 --student {tmp_path}/runs/distill/export",
+    }
+    card = model_card(metrics, ("negative", "positive"))
+    assert str(tmp_path) not in card
+    assert "base_model: export" in card and "from `teacher-sst2`" in card
+    assert "finetune distill --teacher teacher-sst2 --student export" in card
+    full = model_card(metrics, ("negative", "positive"), full_paths=True)
+    assert f"base_model: {tmp_path}/runs/distill/export" in full and metrics["command"] in full
 
 
 def test_progress_bars_print_evaluation_lines_not_log_dicts(tmp_path, task_files, no_dropout_encoder, capsys):
@@ -426,3 +458,212 @@ def test_a_damaged_finetune_checkpoint_is_skipped_for_the_newest_that_verifies(t
     (out / "checkpoint-4" / "model.safetensors").write_bytes(b"cut")
     with pytest.raises(ConfigError, match="no checkpoint passes its checks"):
         resume_checkpoint(out, resume=True)
+
+
+# One torchrun launch, several jobs (the process group is shared): per job and rank, the example ids of
+# every training batch, RAIL-KD's teacher layers at every step, the size of every scored evaluation, and
+# the objective's final weights. select=best is scripted: the second evaluation scores best.
+COVERAGE_WORKER = """
+import json, os, sys, torch
+import finetune.jobs as runner
+from finetune.finetune_config import load_finetune_config
+from finetune.objectives import FinetuneObjective, TaskDistiller
+from transformers import AutoTokenizer
+
+rank, record = int(os.environ["RANK"]), {}
+def training_ids(batch):
+    texts = tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+    return [int(t.split()[1]) for t in texts]
+for cls in (FinetuneObjective, TaskDistiller):
+    def recording(self, batch, _forward=cls.forward):
+        if self.training:
+            record["seen"].append(training_ids(batch))
+            record["layers"].append(list(getattr(self, "teacher_layers", [])))
+        return _forward(self, batch)
+    cls.forward = recording
+split_metrics = runner.split_metrics
+def scripted(spec):
+    compute, scores = split_metrics(spec), iter([0.2, 0.9, 0.1, 0.0])
+    def scored(prediction):
+        record["scored"].append(len(prediction.label_ids))
+        return compute(prediction) | {"score": next(scores)}
+    return scored
+runner.split_metrics = scripted
+fit = runner.fit
+def fit_and_dump(module, *args, **kwargs):
+    result = fit(module, *args, **kwargs)
+    torch.save(module.state_dict(), f"{cfg.output_dir}/weights_rank{rank}.pt")
+    return result
+runner.fit = fit_and_dump
+for overrides in json.loads(sys.argv[1]):
+    cfg = load_finetune_config(overrides=overrides)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    record.update(seen=[], layers=[], scored=[])
+    runner.run(cfg)
+    with open(f"{cfg.output_dir}/record_rank{rank}.json", "w") as f:
+        json.dump(record, f)
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_uneven_data_best_selection_and_layer_kd(
+    tmp_path, no_dropout_encoder, tiny_encoder_dir, tiny_teacher_dir
+):
+    """25 training examples in global batches of 4 on 2 ranks: each epoch trains every example once and
+    3 twice (the last round completed from the epoch's start), which metrics.json counts as repeats; the
+    9 dev examples are scored once each (not 10). ``select: best`` restores the same (best) weights on
+    both ranks. PKD, RAIL-KD l and c train through the Trainer on 2 ranks: the same random teacher layers
+    on both ranks in every step, identical weights at the end."""
+    root = tmp_path / "task"
+    for split, n, off in (("train", 25, 0), ("dev", 9, 100)):
+        rows = [f"item {off + i} {sentence(off + i, 4)},{(off + i) % 2}" for i in range(n)]
+        (root / f"{split}.csv").parent.mkdir(exist_ok=True)
+        (root / f"{split}.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    files = {"train": root / "train.csv", "dev": root / "dev.csv"}
+    best = overrides(no_dropout_encoder, files, tmp_path / "best", "epochs=3", "select=best", "num_workers=0")
+    jobs = [best] + [
+        overrides(tiny_encoder_dir, files, tmp_path / method, "epochs=2", "num_workers=0", "select=last")
+        + [f"distill.teacher={tiny_teacher_dir}", f"distill.method={method}"]
+        for method in ("pkd", "rail_l", "rail_c")
+    ]
+    script = tmp_path / "worker.py"
+    script.write_text(COVERAGE_WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    cmd += [f"--master_port={free_port()}", str(script), json.dumps(jobs)]
+    done = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    def outputs(out: Path):
+        run_dir = next(out.rglob("metrics.json")).parent
+        records = [json.loads((out / f"record_rank{r}.json").read_text()) for r in (0, 1)]
+        weights = [torch.load(out / f"weights_rank{r}.pt") for r in (0, 1)]
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # ranks agree
+        return json.loads((run_dir / "metrics.json").read_text()), records, weights[0], run_dir
+
+    metrics, records, weights, run_dir = outputs(tmp_path / "best")
+    steps = 7  # ceil(25 / 4) per epoch
+    assert metrics["steps"] == 3 * steps and metrics["train_repeats_per_epoch"] == 3
+    for epoch in range(3):
+        ids = [i for r in records for batch in r["seen"][epoch * steps : (epoch + 1) * steps] for i in batch]
+        assert len(ids) == 28 and sorted(set(ids)) == list(range(25))
+        counts = Counter(ids)
+        assert sorted(counts.values()) == [1] * 22 + [2] * 3  # 3 repeats, no example left out
+    assert all(size == 9 for r in records for size in r["scored"])  # each dev example scored once
+    assert metrics["eval"]["dev"]["accuracy"] * 9 == pytest.approx(
+        round(metrics["eval"]["dev"]["accuracy"] * 9)
+    )
+    assert (metrics["selected_epoch"], metrics["selected_step"]) == (2, 2 * steps)
+    kept = load_file(run_dir / "checkpoints" / f"checkpoint-{2 * steps}" / "model.safetensors")
+    last = load_file(run_dir / "checkpoints" / f"checkpoint-{3 * steps}" / "model.safetensors")
+    assert all(torch.equal(weights[k], kept[k]) for k in kept)  # the best, on both ranks
+    assert not all(torch.equal(kept[k], last[k]) for k in kept)
+
+    for method in ("pkd", "rail_l", "rail_c"):
+        metrics, records, _, _ = outputs(tmp_path / method)
+        assert (metrics["method"], metrics["world_size"], metrics["steps"]) == (method, 2, 2 * steps)
+        assert {"ce", "kd", "layer", "loss"} == set(metrics["history"][-1]["train"])
+        assert records[0]["layers"] == records[1]["layers"]  # the same teacher layers on both ranks
+        if method != "pkd":  # one draw per epoch
+            assert all(
+                len({tuple(x) for x in records[0]["layers"][e * steps : (e + 1) * steps]}) == 1
+                for e in (0, 1)
+            )
+
+
+# argv: JSON overrides, the rank to kill (-1: none), the step after whose log line it is killed
+KILL_ONE_RANK = """
+import json, os, signal, sys
+from finetune import cli
+from finetune.hf_trainer import MetricsCallback
+victim, after = int(sys.argv[2]), int(sys.argv[3])
+on_log = MetricsCallback.on_log
+def log_then_die(self, args, state, control, logs=None, **kwargs):
+    on_log(self, args, state, control, logs=logs, **kwargs)
+    if state.global_step == after and "loss" in (logs or {}) and int(os.environ["RANK"]) == victim:
+        os.kill(os.getpid(), signal.SIGKILL)  # kill -9
+MetricsCallback.on_log = log_then_die
+sys.exit(cli.main(["train", *json.loads(sys.argv[1])]))
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_rank_of_finetune_train_is_named_and_the_rerun_resumes_exactly(
+    tmp_path, task_files, tiny_encoder_dir
+):
+    """2 ranks started as srun starts them (nobody tears the job down): rank 1 killed after step 5 of
+    12; rank 0 stops within seconds naming it in one line; the rerun (torchrun) resumes from
+    checkpoint-4 to the losses and weights of an uninterrupted 2-rank run (dropout on, 2 loader workers)."""
+    script = tmp_path / "child.py"
+    script.write_text(KILL_ONE_RANK)
+    extra = ("save_every=2", "select=last")
+    reference = overrides(tiny_encoder_dir, task_files, tmp_path / "reference", *extra)
+    args = overrides(tiny_encoder_dir, task_files, tmp_path / "killed", *extra)
+
+    def torchrun(argv: list[str]) -> None:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+        cmd += [f"--master_port={free_port()}", str(script), json.dumps(argv), "-1", "0"]
+        done = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=400)
+        assert done.returncode == 0, done.stderr[-4000:]
+
+    torchrun(reference)
+    port = str(free_port())
+    ranks = []
+    for rank in (0, 1):
+        env = child_env() | {"SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NTASKS": "2"}
+        env |= {"SLURM_JOB_NODELIST": "127.0.0.1", "MASTER_PORT": port, "DISTILL_RANK_TIMEOUT": "10"}
+        cmd = [sys.executable, str(script), json.dumps(args), "1", "5"]
+        ranks.append(subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True))
+    assert ranks[1].wait(timeout=400) == -signal.SIGKILL
+    died = time.monotonic()
+    err = ranks[0].communicate(timeout=120)[1]
+    assert ranks[0].returncode == 1 and time.monotonic() - died < 20, err[-3000:]
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and re.search(r"RankLostError: rank 1 \(pid \d+ on [^)]+\) has died", lines[0]), (
+        err
+    )
+    run_dir = run_dir_of(tmp_path / "killed", tiny_encoder_dir)
+    assert (run_dir / "checkpoints" / "checkpoint-4").is_dir() and not (run_dir / "metrics.json").exists()
+
+    torchrun(args)
+    want, got = step_losses(run_dir_of(tmp_path / "reference", tiny_encoder_dir)), step_losses(run_dir)
+    assert sorted(got) == list(range(1, 13))
+    torch.testing.assert_close(
+        torch.tensor(list(got.values())), torch.tensor(list(want.values())), rtol=1e-5, atol=0
+    )
+    w_ref = load_file(run_dir_of(tmp_path / "reference", tiny_encoder_dir) / "model" / "model.safetensors")
+    w_got = load_file(run_dir / "model" / "model.safetensors")
+    for name in w_ref:
+        torch.testing.assert_close(w_got[name], w_ref[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_a_second_fine_tuning_run_on_a_seed_dir_in_use_refuses(tmp_path, task_files, no_dropout_encoder):
+    """Another live process holds the seed directory's lock: the run refuses in one line naming it
+    before it writes anything there."""
+    args = overrides(no_dropout_encoder, task_files, tmp_path, "num_workers=0", "max_steps=1")
+    seed_dir = run_dir_of(tmp_path, no_dropout_encoder)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom pretrain_distill.core.run_lock import RunLock\n"
+            f"lock = RunLock({str(seed_dir)!r}, 'fine-tuning run').acquire()\nprint('held', flush=True)\ntime.sleep(600)",
+        ],
+        cwd=REPO,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(
+            OutputDirInUseError, match=rf"in use by fine-tuning run pid {holder.pid} on host "
+        ) as error:
+            run(load_finetune_config(overrides=args))
+        assert "\n" not in str(error.value)
+        assert sorted(p.name for p in seed_dir.iterdir()) == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    with pytest.warns(UserWarning, match=rf"taking over the lock left by fine-tuning run pid {holder.pid}"):
+        run(load_finetune_config(overrides=args))  # its holder is gone
+    assert (seed_dir / "metrics.json").is_file()

@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from finetune.cli import main
 from finetune.finetune_config import ConfigError, EvalSetConfig, FinetuneConfig, load_finetune_config
-from finetune.hf_trainer import fit
+from finetune.hf_trainer import fit, trainer_arguments
 from finetune.jobs import run
 from finetune.objectives import FinetuneObjective
 from finetune.tasks import load_task_data
@@ -97,7 +97,8 @@ def test_best_epoch_is_restored(tokenizer, tmp_path):
             select=select, lr=1e-2, batch_size=2, progress=False, device="cpu", num_workers=0
         )
         run_dir = tmp_path / select
-        result, _ = fit(obj, ds, {"dev": ds}, tokenizer, cfg, 3, 1, run_dir, metrics, "dev")
+        args = trainer_arguments(cfg, run_dir, seed=1, epochs=3, selection_split="dev")
+        result, _ = fit(obj, ds, {"dev": ds}, tokenizer, cfg, args, run_dir, metrics, "dev")
         assert [r["step"] for r in result.history] == [2, 4, 6]
         assert [r["scores"]["dev"] for r in result.history] == [0.2, 0.9, 0.1]
         assert result.selected_epoch == (keep + 1 if select == "best" else 3)
