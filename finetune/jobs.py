@@ -43,6 +43,7 @@ from finetune.modeling import init_from_teacher_layers, load_classifier, load_to
 from finetune.objectives import FinetuneObjective, TaskDistiller
 from finetune.tasks import TaskData, TaskSpec, load_eval_set, load_task_data
 from finetune.tokenization import encode, limit
+from pretrain_distill.core.assets import resolve_model_path
 from pretrain_distill.core.config_loading import save_config, to_dict
 from pretrain_distill.core.distributed import detect_env
 from pretrain_distill.core.files import atomic_write_json
@@ -51,6 +52,7 @@ from pretrain_distill.core.rank_watch import RankWatch, watching_ranks
 from pretrain_distill.core.run_identity import check_same_run, saved_config
 from pretrain_distill.core.run_lock import lock_output_dir
 from pretrain_distill.export import EXPORT_DIR
+from pretrain_distill.vocab import save_tokenizer
 
 
 def default_epochs(spec: TaskSpec, multilingual: bool) -> float:
@@ -192,7 +194,7 @@ def _train_seed(
         if cfg.save_model:
             model_dir = run_dir / "model"
             objective.export().save_pretrained(model_dir)  # load_classifier reads it back
-            tokenizer.save_pretrained(model_dir)
+            save_tokenizer(tokenizer, resolve_model_path(cfg.tokenizer or cfg.model), model_dir)
             card = model_card(metrics, spec.labels, full_paths=cfg.card_paths == "full")
             (model_dir / "README.md").write_text(card)
         atomic_write_json(run_dir / "metrics.json", metrics)

@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pretrain_distill.commands.search",
         "rank candidate students by short HS runs + latency (KD-NAS)",
     ),
+    "vocab": (
+        "pretrain_distill.commands.vocab",
+        "what a pruned student vocabulary saves on the shards (student.vocab=corpus)",
+    ),
     "demo": ("pretrain_distill.commands.demo", "the main job end to end on the embedded real assets"),
 }
 

@@ -1,16 +1,19 @@
 """Inference latency of students and teacher (``pretrain-distill latency``, whose ``--help`` says how it is
 measured): models built from presets, shapes ``L,A,H,F`` (either after a family, ``modernbert:3L``) or
 model directories, timed interleaved, each with its ratio to the teacher, as a Markdown table beside the
-paper's Table 1."""
+paper's Table 1. Runtimes: PyTorch eager (``torch``), ONNX Runtime on the exported graph (``onnx``) and on
+its dynamically quantized int8 copy (``onnx-int8``), see :mod:`pretrain_distill.export.onnx`."""
 
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,6 +24,7 @@ from pretrain_distill.core.assets import resolve_model_path
 from pretrain_distill.core.console import loading_quietly
 from pretrain_distill.core.distributed import require_device
 from pretrain_distill.core.errors import ConfigError
+from pretrain_distill.export.onnx import export_onnx, quantize_int8, session
 from pretrain_distill.models import PRESETS, StudentSpec, encoder_parameter_count, spec_of
 from pretrain_distill.models.families import attention_implementation, family_for_model_type, family_of
 from pretrain_distill.models.students import student_config
@@ -29,6 +33,7 @@ from pretrain_distill.models.students import student_config
 PAPER_CPU_MS = {"6L-DistilBERT": 33.28, "6L": 11.98, "4L": 9.53, "3L": 5.41, "teacher": 64.91}
 
 BERT_BASE = "bert-base"
+RUNTIMES = ("torch", "onnx", "onnx-int8")
 
 
 @dataclass(frozen=True)
@@ -104,22 +109,49 @@ def _inputs(model: nn.Module, settings: LatencySettings, seed: int) -> dict[str,
     return {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids, device=device)}
 
 
+def forward_runner(
+    model: nn.Module, settings: LatencySettings, runtime: str, workdir: Path, seed: int = 0
+) -> Callable[[], Any]:
+    """One forward pass of ``model`` on its timing inputs, under ``runtime`` (the ONNX ones export the
+    model into ``workdir`` first and run it with ``settings.threads`` ONNX Runtime threads)."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"latency runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    if runtime != "torch" and settings.device != "cpu":
+        raise ConfigError(f"latency runtime {runtime} runs on the CPU: use --device cpu")
+    inputs = _inputs(model, settings, seed)
+    if runtime == "torch":
+        model = model.to(settings.device).eval()
+        return lambda: model(**inputs)
+    path = export_onnx(model, inputs, Path(tempfile.mkdtemp(dir=workdir)) / "model.onnx")
+    if runtime == "onnx-int8":
+        path = quantize_int8(path, path.with_name("model_quantized.onnx"))
+    graph = session(path, settings.threads)
+    feeds = {name: value.numpy() for name, value in inputs.items()}
+    return lambda: graph.run(None, feeds)
+
+
 def measure_latencies(
-    models: Sequence[nn.Module], settings: LatencySettings, seed: int = 0
+    models: Sequence[nn.Module], settings: LatencySettings, seed: int = 0, runtime: str = "torch"
 ) -> list[LatencyStats]:
-    """Time each model's forward pass under ``settings``, interleaved: every round runs each model once,
-    so a slow spell of a shared machine hits all models alike instead of the one measured at the time."""
-    inputs = [_inputs(model, settings, seed) for model in models]
-    models = [model.to(settings.device).eval() for model in models]
+    """Time each model's forward pass under ``settings`` and ``runtime`` (see :func:`measure_runners`)."""
+    with tempfile.TemporaryDirectory(prefix="latency-") as workdir:
+        return measure_runners(
+            [forward_runner(m, settings, runtime, Path(workdir), seed) for m in models], settings
+        )
+
+
+def measure_runners(runners: Sequence[Callable[[], Any]], settings: LatencySettings) -> list[LatencyStats]:
+    """Time each forward pass, interleaved: every round runs each one once, so a slow spell of a shared
+    machine hits all of them alike instead of the one measured at the time."""
     sync = torch.cuda.synchronize if settings.device == "cuda" else (lambda: None)
-    times: list[list[float]] = [[] for _ in models]
+    times: list[list[float]] = [[] for _ in runners]
     rounds = tqdm(range(settings.warmup + settings.repeats), desc="latency", unit="round", leave=False)
     with torch_threads(settings.threads), torch.inference_mode():
         for round_ in rounds:  # the bar (stderr) updates between rounds, outside the timed forwards
-            for model, x, out in zip(models, inputs, times):
+            for run, out in zip(runners, times):
                 sync()
                 start = time.perf_counter()
-                model(**x)
+                run()
                 sync()
                 if round_ >= settings.warmup:
                     out.append(1000.0 * (time.perf_counter() - start))
@@ -226,26 +258,41 @@ class LatencyRow:
     shape: list[int] | None
     params: int
     stats: LatencyStats
-    ratio: float  # median latency / the teacher's median latency
+    ratio: float  # median latency / the teacher's median latency (same runtime)
+    runtime: str = "torch"
 
 
-def latency_rows(targets: Sequence[str], teacher: str, settings: LatencySettings) -> list[LatencyRow]:
-    """Measure every target and the teacher (last row) and give each its ratio to the teacher."""
+def latency_rows(
+    targets: Sequence[str], teacher: str, settings: LatencySettings, runtimes: Sequence[str] = ("torch",)
+) -> list[LatencyRow]:
+    """Measure every target and the teacher under each runtime, all interleaved in one loop; each row's
+    ratio is to the teacher under the same runtime (rows: runtime by runtime, the teacher last)."""
     models = [(t, build_model(t, teacher)) for t in targets]  # every bad name fails before timing
     models.append(("teacher", build_teacher_model(teacher)))
-    stats = measure_latencies([m for _, m in models], settings)
-    teacher_ms = stats[-1].median_ms
-    return [
-        LatencyRow(name, shape_of(model), encoder_parameter_count(model), st, st.median_ms / teacher_ms)
-        for (name, model), st in zip(models, stats)
-    ]
+    with tempfile.TemporaryDirectory(prefix="latency-") as workdir:
+        runners = [
+            forward_runner(model, settings, runtime, Path(workdir))
+            for runtime in runtimes
+            for _, model in models
+        ]
+        stats = measure_runners(runners, settings)
+    rows = []
+    for r, runtime in enumerate(runtimes):
+        block = stats[r * len(models) : (r + 1) * len(models)]
+        rows += [
+            LatencyRow(
+                name, shape_of(m), encoder_parameter_count(m), st, st.median_ms / block[-1].median_ms, runtime
+            )
+            for (name, m), st in zip(models, block)
+        ]
+    return rows
 
 
 def markdown_table(rows: Sequence[LatencyRow], settings: LatencySettings, paper: bool = False) -> str:
     """The table: shape, parameters (M), median / IQR / mean (std) ms, ratio to the teacher; with
     ``paper=True`` also Table 1's CPU ratio for the rows the paper has."""
-    header = "| model | L, A, H, F | params (M) | median ms | IQR ms | mean (std) ms | ratio to teacher |"
-    rule = "|---|---|---|---|---|---|---|"
+    header = "| model | runtime | L, A, H, F | params (M) | median ms | IQR ms | mean (std) ms | ratio to teacher |"
+    rule = "|---|---|---|---|---|---|---|---|"
     if paper:
         header += " paper CPU ratio |"
         rule += "---|"
@@ -254,7 +301,7 @@ def markdown_table(rows: Sequence[LatencyRow], settings: LatencySettings, paper:
         shape = ", ".join(map(str, row.shape)) if row.shape else "?"
         s = row.stats
         line = (
-            f"| {row.name} | {shape} | {row.params / 1e6:.1f} | {s.median_ms:.2f} | {s.iqr_ms:.2f} | "
+            f"| {row.name} | {row.runtime} | {shape} | {row.params / 1e6:.1f} | {s.median_ms:.2f} | {s.iqr_ms:.2f} | "
             f"{s.mean_ms:.2f} ({s.std_ms:.2f}) | {row.ratio:.3f} |"
         )
         if paper:

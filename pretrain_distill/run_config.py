@@ -48,9 +48,25 @@ class StudentConfig:
     family: str = ""
     # Attention implementation, as teacher.attention.
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    # Vocabulary: "full" (the teacher's) or "corpus": only the tokens of the training shards that occur at
+    # least vocab_min_count times (counted by prepare; multilingual shards: each language weighted by how
+    # often data.language_alpha samples it) and, with vocab_coverage < 1, only as many of the most
+    # frequent as cover that share of the corpus tokens. Special tokens are always kept; any other token
+    # reads as the unknown token. The teacher still reads the original ids; the export's tokenizer gives
+    # the student's (WordPiece / WordLevel teachers). See docs/models.md, "Pruned vocabulary".
+    vocab: Literal["full", "corpus"] = "full"
+    vocab_min_count: int = 1
+    vocab_coverage: float = 1.0
 
     # Allowed values of the numeric fields (checked at load time; see configuration.check_range).
-    RANGES: ClassVar[dict[str, str]] = {"layers": ">= 1", "heads": ">= 1", "hidden": ">= 1", "ffn": ">= 1"}
+    RANGES: ClassVar[dict[str, str]] = {
+        "layers": ">= 1",
+        "heads": ">= 1",
+        "hidden": ">= 1",
+        "ffn": ">= 1",
+        "vocab_min_count": ">= 1",
+        "vocab_coverage": "(0, 1]",
+    }
 
 
 @dataclass

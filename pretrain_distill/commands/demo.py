@@ -58,6 +58,7 @@ from pretrain_distill.mlm_head import fit_mlm_head
 from pretrain_distill.models import build_student, spec_from_config, special_token_ids
 from pretrain_distill.plot import plot_run
 from pretrain_distill.run_config import RunConfig, load_run_config
+from pretrain_distill.vocab import StudentVocab, cut_student, save_tokenizer
 
 
 @dataclass(frozen=True)
@@ -159,9 +160,9 @@ def od_stage(out: Path, shards: Path, profile: Profile, device: str, earlier: li
     return [f"teacher.path={teacher_mlm}", f"student.init_from={earlier[-1]}"]
 
 
-def random_init_student(cfg: RunConfig, out: Path) -> Path:
-    """The distilled student's shape with fresh weights, written as an export is (base encoder, identity
-    pooler): the no-distillation baseline."""
+def random_init_student(cfg: RunConfig, out: Path, distilled: Path) -> Path:
+    """The distilled student's shape and vocabulary with fresh weights, written as an export is (base
+    encoder, identity pooler, the ``distilled`` export's tokenizer): the no-distillation baseline."""
     teacher = resolve_model_path(cfg.teacher.path)
     torch.manual_seed(cfg.train.seed)
     tokenizer = load_tokenizer(teacher)
@@ -171,8 +172,11 @@ def random_init_student(cfg: RunConfig, out: Path) -> Path:
         family=cfg.student.family,
         token_ids=special_token_ids(tokenizer),
     )
+    vocab = StudentVocab.load(distilled)
+    if vocab is not None:
+        cut_student(student, vocab)
     exported_form(student, with_mlm_head=False).save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(load_tokenizer(str(distilled)), distilled, out)
     return out
 
 
@@ -300,7 +304,8 @@ def main_job(request: Request) -> dict:
     models = {"teacher": "minilm"} if request.teacher else {}
     outputs, cfg = distill_all(request, shards, models)
     if request.random_init:
-        models["random-init"] = str(random_init_student(cfg, request.out / "random_init"))
+        distilled = Path(models[request.objectives[-1]])
+        models["random-init"] = str(random_init_student(cfg, request.out / "random_init", distilled))
     _stage("5/6 fine-tune on the movie sentences (binary, held-out split)")
     runs = {}
     for name, path in models.items():

@@ -3,6 +3,7 @@
   pretrain-distill export runs/distill                 # newest complete checkpoint -> runs/distill/export
   pretrain-distill export runs/distill --checkpoint runs/distill/checkpoints/step_00001000 --out my_model
   pretrain-distill export runs/distill --format sentence-transformers --out my_embedder
+  pretrain-distill export runs/distill --format onnx --quantize int8 --out my_onnx
   pretrain-distill export runs/distill --push-to-hub me/my-student
 
 Formats:
@@ -12,12 +13,21 @@ Formats:
                           (od, mlm) or with --with-mlm-head
   sentence-transformers   the base encoder + modules.json and the teacher's pooling (mean for
                           all-MiniLM-L6-v2), for sentence_transformers.SentenceTransformer(dir)
+  onnx                    the base encoder as model.onnx (torch.onnx.export; inputs input_ids,
+                          attention_mask [, token_type_ids], output last_hidden_state, dynamic batch
+                          and length) for ONNX Runtime, checked against PyTorch on a padded batch
+                          (max |difference| <= 1e-4, else nothing is written); --quantize int8 adds
+                          model_quantized.onnx (ONNX Runtime dynamic quantization, per-channel int8
+                          weights); onnx_report.json records both graphs' agreement with PyTorch.
+                          Needs the onnx extra: pip install 'distill-encoders[onnx]'
 
-Both hold the tokenizer, the resolved run config (distill_config.yaml) and a model card (README.md:
-teacher, student and parameter count, objective, data, tokens, steps, licence, commands); both name
-local paths by their last component (the teacher's folder, the data file, the checkpoint within the
-run), not by this machine's absolute paths, unless --card-paths full. The export says which checkpoint
-(step, time) it holds. The inputs are checked before anything is written; an
+Every format holds the tokenizer, the resolved run config (distill_config.yaml) and a model card
+(README.md: teacher, student and parameter count, objective, data, tokens, steps, licence, commands);
+every format names local paths by their last component (the teacher's folder, the data file, the
+checkpoint within the run), not by this machine's absolute paths, unless --card-paths full. A pruned
+student (student.vocab=corpus) comes with the teacher's tokenizer rewritten to give the student's ids,
+and its student_vocab.json. The export says which checkpoint (step, time) it holds. The inputs are
+checked before anything is written; an
 existing output directory is replaced only when it is an earlier export.
 """
 
@@ -27,7 +37,7 @@ import argparse
 
 from pretrain_distill.core.console import quiet_libraries
 from pretrain_distill.core.public_paths import PATH_STYLES
-from pretrain_distill.export import FORMATS, export_run
+from pretrain_distill.export import FORMATS, QUANTIZE, export_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     head.add_argument(
         "--without-mlm-head", dest="with_mlm_head", action="store_false", help="drop a trained MLM head"
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE,
+        default=None,
+        help="with --format onnx: also an int8 copy of the graph",
     )
     parser.add_argument("--license", default=None, help="licence for the card (default: the teacher's)")
     parser.add_argument(
@@ -75,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         license=args.license,
         push_to_hub=args.push_to_hub,
         private=args.private,
+        quantize=args.quantize,
         card_paths=args.card_paths,
     )
     print(out)

@@ -17,7 +17,9 @@ class DynamicMasker:
 
     Build it from a Hugging Face tokenizer, or from explicit ids (e.g. a shard manifest's
     ``tokenizer`` entry: ``DynamicMasker(mask_id=..., vocab_size=..., special_ids=...)``).
-    ``labels`` hold the original id where a token was selected and ``-100`` elsewhere.
+    ``labels`` hold the original id where a token was selected and ``-100`` elsewhere. Random
+    replacements are drawn uniformly from ``replacement_ids`` (a pruned student's kept tokens,
+    :mod:`pretrain_distill.vocab`) less the special tokens; default: every non-special token.
     """
 
     def __init__(
@@ -30,6 +32,7 @@ class DynamicMasker:
         probability: float = 0.15,
         mask_fraction: float = 0.8,
         random_fraction: float = 0.1,
+        replacement_ids: Iterable[int] | None = None,
     ) -> None:
         if tokenizer is not None:
             mask_id, vocab_size = tokenizer.mask_token_id, len(tokenizer)
@@ -44,6 +47,9 @@ class DynamicMasker:
         self.mask_fraction, self.random_fraction = mask_fraction, random_fraction
         self.special_ids = torch.tensor(sorted(set(special_ids)), dtype=torch.long)
         keep = torch.ones(int(vocab_size), dtype=torch.bool)
+        if replacement_ids is not None:
+            keep.zero_()
+            keep[torch.tensor(sorted(set(replacement_ids)), dtype=torch.long)] = True
         keep[self.special_ids] = False
         self.replacement_ids = keep.nonzero().squeeze(1)  # random replacements are never special
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -39,11 +39,18 @@ from pretrain_distill.data.packing import pack_documents
 from pretrain_distill.data.readers import Document
 from pretrain_distill.data.shards import write_shard
 from pretrain_distill.data.sources import Source, Unit, iter_unit_documents, parse_source, plan_units
+from pretrain_distill.data.token_counts import (
+    chunk_counts_path,
+    count_tokens,
+    merge_chunk_counts,
+    remove_chunk_counts,
+    save_array,
+)
 from pretrain_distill.data.wikipedia import strip_wiki_markup
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: token counts per language (token_counts/<language>.npy)
 _REPORT_BYTES = 4 << 20  # a worker reports its input progress every this many bytes
 
 
@@ -70,6 +77,7 @@ class Settings:
     validation_fraction: float = 0.0
     validation_sources: list[str] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
+    count_tokens: bool = True  # token counts per language in the manifest (off only to benchmark them)
 
 
 @dataclass
@@ -244,7 +252,11 @@ def process_chunk(chunk: Chunk) -> dict[str, Any]:
     order = numpy_rng(settings.seed, chunk.unit, chunk.index).permutation(len(ids))
     ids, lengths = ids[order], lengths[order]
     if len(ids):
-        write_shard(_WORKER["out_dir"] / chunk.name, ids, lengths, settings.block_size)
+        shard = _WORKER["out_dir"] / chunk.name
+        write_shard(shard, ids, lengths, settings.block_size)
+        if settings.count_tokens:
+            counts = count_tokens(ids, lengths, info["vocab_size"], info["pad_id"])
+            save_array(chunk_counts_path(shard), counts)
     first_empty = empty[0] if empty else None
     return {
         "name": chunk.name,
@@ -288,6 +300,7 @@ def prepare_shards(
     validation_fraction: float = 0.0,
     validation_sources: Sequence[str | Source] = (),
     skip_bad_input: bool = False,
+    count_tokens: bool = True,
 ) -> dict[str, Any]:
     """Prepare ``sources`` into ``out_dir`` (shards + manifest.json); return the manifest.
 
@@ -295,6 +308,8 @@ def prepare_shards(
     per unit of work; ``block_size`` the sequences per tar member. ``validation_fraction`` of the
     documents and every document of ``validation_sources`` go to ``out_dir/validation/``.
     ``skip_bad_input``: a corrupt compressed member is skipped and counted instead of stopping.
+    ``count_tokens``: record how often each token id occurs, per language (``token_counts`` in the
+    manifest, see :mod:`.token_counts`); off only to measure what counting costs.
     Every input is checked before anything is written. Re-running with the same arguments resumes an
     interrupted run (or returns the finished manifest); other arguments for a non-empty ``out_dir``
     raise :class:`DataError`.
@@ -315,6 +330,7 @@ def prepare_shards(
         seed,
         validation_fraction,
         [s.spec for s in held_out],
+        count_tokens=count_tokens,
     )
     out = Path(out_dir)
     finished = _check_out_dir(out, settings)
@@ -384,6 +400,8 @@ def _write_manifests(
     manifest = _manifest(settings, train, seconds, workers)
     manifest["bad_input"] = bad_input
     manifest["totals"]["bad_input"] = len(bad_input)
+    if settings.count_tokens:
+        manifest["token_counts"] = _merge_counts(out, manifest, settings)
     if held and not sum(r["sequences"] for r in held):
         log.warning(
             "prepare: the held-out documents hold no text after cleaning: no validation split "
@@ -394,6 +412,8 @@ def _write_manifests(
         validation = _manifest(settings, held, seconds, workers)
         for shard in validation["shards"]:
             shard["name"] = shard["name"].removeprefix(f"{VALIDATION}/")
+        if settings.count_tokens:
+            validation["token_counts"] = _merge_counts(out / VALIDATION, validation, settings)
         atomic_write_json(out / VALIDATION / MANIFEST, validation)
         manifest["validation"] = {
             "dir": VALIDATION,
@@ -401,7 +421,14 @@ def _write_manifests(
             "shards": len(validation["shards"]),
         }
     atomic_write_json(out / MANIFEST, manifest)
+    remove_chunk_counts(out, [r["name"] for r in records if r["sequences"] > 0])
     return manifest
+
+
+def _merge_counts(split_dir: Path, manifest: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The split's token counts per language (files under ``split_dir``), from its shards' chunk counts."""
+    shards = [(s["name"], s["language"]) for s in manifest["shards"]]
+    return merge_chunk_counts(split_dir, shards, settings.tokenizer["vocab_size"])
 
 
 def _run_units(
@@ -494,10 +521,18 @@ def _load_progress(out: Path, settings: Settings) -> dict[int, dict[str, Any]]:
         except json.JSONDecodeError:  # a line cut by the interruption: that unit is redone
             log.warning("%s: line %d incomplete, its unit is prepared again", path, number)
             continue
-        if all(r["sequences"] == 0 or (out / r["name"]).exists() for r in result["records"]):
+        if all(_chunk_written(out, r, settings) for r in result["records"]):
             done[result["unit"]] = result
     log.info("%s: resuming, %d units already done", out, len(done))
     return done
+
+
+def _chunk_written(out: Path, record: dict[str, Any], settings: Settings) -> bool:
+    """Whether a finished chunk's files (shard, token counts) are on disk."""
+    if record["sequences"] == 0:
+        return True
+    shard = out / record["name"]
+    return shard.exists() and (not settings.count_tokens or chunk_counts_path(shard).exists())
 
 
 def _manifest(

@@ -58,9 +58,20 @@ def _student_shape_resolved(tree: dict[str, Any]) -> dict[str, Any]:
     return {**tree, "student": {**rest, "shape": spec.as_list()}}
 
 
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config tree with the fields it lacks at their defaults: a checkpoint written before a field
+    existed ran as its default says (e.g. ``student.vocab: full``)."""
+    defaults = to_dict(RunConfig())
+    return {
+        **saved,
+        **{k: {**v, **(saved.get(k) or {})} for k, v in defaults.items() if isinstance(v, dict)},
+    }
+
+
 def run_changes(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
     """``(identity changes, other changes)`` between two run config trees (``"key: old -> new"``)."""
-    return resume_changes(_student_shape_resolved(saved), _student_shape_resolved(current), RESUME_MAY_CHANGE)
+    saved = _student_shape_resolved(_with_defaults(saved))
+    return resume_changes(saved, _student_shape_resolved(current), RESUME_MAY_CHANGE)
 
 
 def check_resume_config(checkpoint: Path, cfg: RunConfig) -> list[str]:
@@ -74,5 +85,5 @@ def check_resume_config(checkpoint: Path, cfg: RunConfig) -> list[str]:
             "old run aside)"
         )
 
-    saved = _student_shape_resolved(saved_config(checkpoint / "config.yaml"))
+    saved = _student_shape_resolved(_with_defaults(saved_config(checkpoint / "config.yaml")))
     return check_same_run(saved, _student_shape_resolved(to_dict(cfg)), RESUME_MAY_CHANGE, refuse)

@@ -7,7 +7,8 @@ A checkpoint directory ``step_XXXXXXXX/`` contains:
 - ``rank_XXXXX.safetensors`` per rank: the torch / CUDA RNG states (tensors) and the Python / NumPy
   ones (JSON in the header);
 - ``loader.json``: the data loader position (the same on every rank, see ``ShardLoader.state_dict``);
-- ``student/``: the student alone as a Hugging Face model directory (fp32), for export and ``init_from``;
+- ``student/``: the student alone as a Hugging Face model directory (fp32), for export and ``init_from``
+  (with ``student_vocab.json`` when its vocabulary is pruned);
 - ``config.yaml``: the resolved run config;
 - ``COMPLETE``: JSON with the :class:`TrainState` counters, the world size, the time it was written,
   the last logged losses and every file's size and SHA-256.
@@ -48,6 +49,7 @@ from pretrain_distill.engine.checkpoint import (
     set_rng_state,
 )
 from pretrain_distill.run_config import RunConfig
+from pretrain_distill.vocab import StudentVocab
 
 log = logging.getLogger(__name__)
 LOADER_FILE = "loader.json"
@@ -110,8 +112,10 @@ def save_checkpoint(
     state: TrainState,
     cfg: RunConfig,
     dist_env: DistEnv,
+    vocab: StudentVocab | None = None,
 ) -> Path:
-    """Write one complete checkpoint of the run (collective: every rank calls it); returns its path."""
+    """Write one complete checkpoint of the run (collective: every rank calls it); returns its path.
+    A pruned ``vocab`` is saved beside the student (``student/student_vocab.json``)."""
     if dist_env.is_main:
         store.begin(state.step)
     barrier()
@@ -123,6 +127,8 @@ def save_checkpoint(
     weights = student_state_dict(student, stage) if stage == 3 or dist_env.is_main else None
     if dist_env.is_main:
         student.save_pretrained(staged / "student", state_dict=weights)
+        if vocab is not None:
+            vocab.save(staged / "student")
         save_config(cfg, staged / "config.yaml")
         (staged / LOADER_FILE).write_text(json.dumps(loader.state_dict()))
     barrier()

@@ -9,6 +9,7 @@ from typing import Any
 from pretrain_distill.models.families import family_of
 from pretrain_distill.models.students import encoder_parameter_count, spec_of
 from pretrain_distill.run_config import RunConfig
+from pretrain_distill.vocab import StudentVocab
 
 
 def startup_summary(
@@ -20,9 +21,10 @@ def startup_summary(
     manifest: dict[str, Any],
     resumed_step: int = 0,
     resume_changes: Sequence[str] = (),
+    vocab: StudentVocab | None = None,
 ) -> str:
-    """Teacher, student (shape, parameter count, init, family), objective, mapping, global batch, steps,
-    tokens, output, and the settings a resumed run changed."""
+    """Teacher, student (shape, parameter count, init, family, pruned vocabulary), objective, mapping,
+    global batch, steps, tokens, output, and the settings a resumed run changed."""
     global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum * world_size
     totals = manifest.get("totals", {})
     per_sequence = totals.get("tokens", 0) / max(totals.get("sequences", 0), 1)
@@ -34,6 +36,14 @@ def startup_summary(
         f"teacher    {cfg.teacher.path}",
         f"student    [layers, heads, hidden, ffn] = {shape}, {encoder_parameter_count(student) / 1e6:.2f}M "
         f"encoder parameters, init {init}, family {family_of(student.config).name}",
+        *(
+            [
+                f"vocab      {vocab.size:,} of the teacher's {vocab.teacher_size:,} tokens kept; "
+                f"{100 * vocab.stats.get('unknown_share', 0):.3f}% of the corpus tokens read as unknown"
+            ]
+            if vocab is not None
+            else []
+        ),
         f"objective  {weights}",
         f"mapping    {list(map(list, mapping)) if mapping is not None else '- (no hs term)'}"
         + (
@@ -65,4 +75,5 @@ def trainer_summary(trainer: Any) -> str:
         trainer.loader.dataset.manifest,
         trainer.state.step,
         trainer.resume_changes,
+        trainer.vocab,
     )

@@ -50,6 +50,7 @@ from pretrain_distill.engine.summary import trainer_summary
 from pretrain_distill.models import build_student_from_config, build_teacher, special_token_ids
 from pretrain_distill.objectives import Distiller
 from pretrain_distill.run_config import RunConfig
+from pretrain_distill.vocab import cut_student, run_vocab
 
 
 class Preempted(RunStopped):
@@ -207,7 +208,8 @@ class Trainer:
         self.resume_source = deepspeed_source(self.resume_from, ds_config, self.dist, self.run_dir)
 
     def _load_inputs(self) -> None:
-        """Tokenizer, training stream (checked against the tokenizer), masker and validation batches."""
+        """Tokenizer, training stream (checked against the tokenizer), the student's vocabulary (pruned or
+        not), masker and validation batches."""
         cfg = self.cfg
         teacher = find_model(cfg.teacher.path, "teacher.path")  # named in the error when missing
         tokenizer = (
@@ -219,18 +221,29 @@ class Trainer:
         )
         manifest = load_manifest(cfg.data.shards)
         check_tokenizer(manifest, self.tokenizer)
-        self.masker = DynamicMasker(self.tokenizer, probability=cfg.data.mlm_probability)
+        self.init_from = resolve_init_from(cfg.student.init_from)
+        saved = [self.resume_from / "student"] if self.resume_from is not None else []
+        if self.init_from and Path(self.init_from).is_dir():
+            saved.append(Path(self.init_from))
+        self.vocab = run_vocab(cfg.student, cfg.data, self.tokenizer, manifest, saved)
+        self.masker = DynamicMasker(
+            self.tokenizer,
+            probability=cfg.data.mlm_probability,
+            replacement_ids=self.vocab.kept if self.vocab is not None else None,
+        )
         self.validation = _validation_batches(cfg, self.dist, manifest)
 
     def _build_distiller(self) -> None:
         """Teacher, student (``student.init_from`` resolved first) and the Distiller, the same on every rank."""
         cfg = self.cfg
-        student_cfg = replace(cfg.student, init_from=resolve_init_from(cfg.student.init_from))
+        student_cfg = replace(cfg.student, init_from=self.init_from)
         torch.manual_seed(cfg.train.seed)  # identical student init and maps on every rank
         needs_teacher_head = cfg.objective.weights.get("od", 0) > 0
         teacher = build_teacher(cfg.teacher, self.device, needs_mlm_head=needs_teacher_head)
         student = build_student_from_config(student_cfg, teacher, special_token_ids(self.tokenizer))
-        self.distiller = Distiller(cfg.objective, student, teacher)
+        if self.vocab is not None:
+            cut_student(student, self.vocab)
+        self.distiller = Distiller(cfg.objective, student, teacher, self.vocab)
         compile_layers(self.distiller, cfg.train.compile)
         self.total_steps = total_steps(cfg, len(self.loader))
 
@@ -521,7 +534,14 @@ class Trainer:
 
     def save(self) -> Path:
         return save_checkpoint(
-            self.store, self.engine, self.distiller.student, self.loader, self.state, self.cfg, self.dist
+            self.store,
+            self.engine,
+            self.distiller.student,
+            self.loader,
+            self.state,
+            self.cfg,
+            self.dist,
+            self.vocab,
         )
 
 

@@ -23,11 +23,13 @@ from pretrain_distill.core.public_paths import PATH_STYLES, public_text
 from pretrain_distill.export.encoder import mlm_head_trained, write_transformers
 from pretrain_distill.export.hub import push_to_hub as push
 from pretrain_distill.export.model_card import model_card
+from pretrain_distill.export.onnx import onnx_values, write_onnx_format
 from pretrain_distill.export.sentence_transformers import write_sentence_transformers
 from pretrain_distill.export.source import ExportSource, resolve_source
 from pretrain_distill.models.students import encoder_parameter_count
 
-FORMATS = ("transformers", "sentence-transformers")
+FORMATS = ("transformers", "sentence-transformers", "onnx")
+QUANTIZE = ("int8",)
 EXPORT_DIR = "export"  # a run's default export: <run_dir>/export
 _MARKER = "distill_config.yaml"  # every export holds it: an existing directory with it may be replaced
 
@@ -63,13 +65,17 @@ def export_run(
     license: str | None = None,
     push_to_hub: str | None = None,
     private: bool = False,
+    quantize: str | None = None,
     card_paths: str = "names",
 ) -> Path:
     """Export the student of ``checkpoint`` (default: newest complete) to ``out`` (default
     ``run_dir/export``) in format ``fmt``; ``with_mlm_head=None`` keeps the head when it was trained;
-    ``card_paths``: how the card and the copied config name local paths (``names`` or ``full``)."""
+    ``quantize="int8"`` (``onnx`` only) adds the dynamically quantized graph; ``card_paths``: how the card
+    and the copied config name local paths (``names`` or ``full``)."""
     if fmt not in FORMATS:
         raise ValueError(f"export format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if quantize is not None and (quantize not in QUANTIZE or fmt != "onnx"):
+        raise ValueError(f"--quantize {quantize}: only --quantize int8, with --format onnx")
     if card_paths not in PATH_STYLES:
         raise ValueError(f"--card-paths {card_paths!r}: expected one of {', '.join(PATH_STYLES)}")
     source = resolve_source(run_dir, checkpoint)
@@ -82,7 +88,9 @@ def export_run(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        _write_export(source, staging, out, fmt, with_mlm_head, head_trained, license, card_paths == "full")
+        _write_export(
+            source, staging, out, fmt, with_mlm_head, head_trained, license, card_paths == "full", quantize
+        )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -94,10 +102,10 @@ def export_run(
 
 def _keep_mlm_head(fmt: str, asked: bool | None, head_trained: bool) -> bool:
     """Whether the export keeps the MLM head: as asked, else when the run trained it; never for
-    sentence embeddings."""
-    if fmt == "sentence-transformers":  # embeddings: the base encoder, whatever the objective trained
+    sentence embeddings or ONNX."""
+    if fmt in ("sentence-transformers", "onnx"):  # the base encoder, whatever the objective trained
         if asked:
-            raise ValueError("--with-mlm-head: the sentence-transformers format holds the base encoder only")
+            raise ValueError(f"--with-mlm-head: the {fmt} format holds the base encoder only")
         return False
     if asked is None:
         return head_trained
@@ -118,11 +126,14 @@ def _write_export(
     head_trained: bool,
     license: str | None,
     full_paths: bool,
+    quantize: str | None = None,
 ) -> None:
     """The model, the run config and the model card into ``staging`` (later published as ``out``)."""
     teacher_name, teacher_dir, hub_id = _teacher(source.config)
     if fmt == "sentence-transformers":
         model = write_sentence_transformers(source, staging, teacher_dir)
+    elif fmt == "onnx":
+        model = write_onnx_format(source, staging, quantize == "int8")
     else:
         model = write_transformers(source, staging, with_mlm_head)
     config = (source.checkpoint / "config.yaml").read_text()
@@ -137,7 +148,7 @@ def _write_export(
         encoder_parameters=encoder_parameter_count(model),
         stored_values=_stored_values(staging),
         license=license,
-        command=_command(source, out, fmt, with_mlm_head, head_trained, license, full_paths),
+        command=_command(source, out, fmt, with_mlm_head, head_trained, license, full_paths, quantize),
         full_paths=full_paths,
     )
     card.save(staging / "README.md")
@@ -151,6 +162,7 @@ def _command(
     head_trained: bool,
     license: str | None,
     full_paths: bool,
+    quantize: str | None = None,
 ) -> str:
     """The ``pretrain-distill export`` command that writes this export again (its paths as the card
     names them: relative to the run directory's parent unless ``full_paths``)."""
@@ -160,13 +172,17 @@ def _command(
         run, checkpoint, target = source.run_dir.name, source.in_run(source.checkpoint), source.in_run(out)
     argv = ["pretrain-distill", "export", run, "--checkpoint", checkpoint, "--out", target]
     argv += ["--format", fmt] if fmt != "transformers" else []
+    argv += ["--quantize", quantize] if quantize else []
     if with_head != head_trained:
         argv.append("--with-mlm-head" if with_head else "--without-mlm-head")
     return shlex.join(argv + (["--license", license] if license else []))
 
 
 def _stored_values(folder: Path) -> int:
-    """Number of values in the directory's safetensors files (tied weights count once: stored once)."""
+    """Number of values in the directory's safetensors files (tied weights count once: stored once), or
+    in its fp32 ONNX graph."""
+    if (folder / "model.onnx").is_file():
+        return onnx_values(folder / "model.onnx")
     total = 0
     for path in folder.glob("*.safetensors"):
         with safe_open(path, framework="pt") as f:
@@ -179,4 +195,4 @@ def end_of_run(run_dir: Path) -> Path:
     return export_run(run_dir)
 
 
-__all__ = ["FORMATS", "end_of_run", "export_run"]
+__all__ = ["FORMATS", "QUANTIZE", "end_of_run", "export_run"]

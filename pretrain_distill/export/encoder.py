@@ -25,6 +25,7 @@ from transformers import AutoModel, AutoModelForMaskedLM, PretrainedConfig, PreT
 
 from pretrain_distill.export.source import ExportSource
 from pretrain_distill.models.families import base_model
+from pretrain_distill.vocab import StudentVocab, write_student_tokenizer
 
 #: Objective terms that train the student's MLM head.
 MLM_TRAINING_TERMS = ("od", "mlm")
@@ -67,11 +68,22 @@ def exported_form(mlm: PreTrainedModel, with_mlm_head: bool) -> PreTrainedModel:
     return mlm if with_mlm_head else base
 
 
+def write_tokenizer(source: ExportSource, out: Path) -> None:
+    """The run's tokenizer into ``out``; for a pruned vocabulary rewritten to give the student's ids, with
+    the vocabulary itself (``student_vocab.json``, read by ``student.init_from``)."""
+    vocab = StudentVocab.load(source.student_dir)
+    if vocab is not None:
+        write_student_tokenizer(source.tokenizer_dir, vocab, out)
+        vocab.save(out)
+        return
+    for item in source.tokenizer_dir.iterdir():
+        if item.is_file():
+            (out / item.name).write_bytes(item.read_bytes())
+
+
 def write_transformers(source: ExportSource, out: Path, with_mlm_head: bool) -> PreTrainedModel:
     """Write the student (config.json + model.safetensors) and the tokenizer into ``out``."""
     model = student_model(source.student_dir, with_mlm_head)
     model.save_pretrained(out)
-    for item in source.tokenizer_dir.iterdir():
-        if item.is_file():
-            (out / item.name).write_bytes(item.read_bytes())
+    write_tokenizer(source, out)
     return model

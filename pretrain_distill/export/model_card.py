@@ -21,7 +21,11 @@ from huggingface_hub import ModelCard, ModelCardData
 from pretrain_distill.core.public_paths import public_name, public_text
 from pretrain_distill.export.source import ExportSource
 
-PIPELINE = {"transformers": "feature-extraction", "sentence-transformers": "sentence-similarity"}
+PIPELINE = {
+    "transformers": "feature-extraction",
+    "sentence-transformers": "sentence-similarity",
+    "onnx": "feature-extraction",
+}
 
 
 def _fmt(value: Any) -> str:
@@ -120,6 +124,14 @@ def _sections(source: ExportSource, fmt: str, command: str) -> list[str]:
     losses = source.metadata.get("state", {}).get("last_losses", {})
     if fmt == "sentence-transformers":
         use = ["from sentence_transformers import SentenceTransformer", "model = SentenceTransformer(PATH)"]
+    elif fmt == "onnx":
+        use = [
+            "import onnxruntime, transformers",
+            "tokenizer = transformers.AutoTokenizer.from_pretrained(PATH)",
+            'session = onnxruntime.InferenceSession(f"{PATH}/model.onnx")  # or model_quantized.onnx (int8)',
+            'batch = tokenizer(["a sentence"], return_tensors="np")',
+            "hidden = session.run(None, {i.name: batch[i.name] for i in session.get_inputs()})[0]",
+        ]
     else:
         use = [
             "from transformers import AutoModel, AutoModelForSequenceClassification",

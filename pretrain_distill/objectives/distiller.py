@@ -55,6 +55,7 @@ from pretrain_distill.objectives.losses import (
 from pretrain_distill.objectives.mappings import LayerMapping, layer_mapping, reachable_mapping
 from pretrain_distill.objectives.relations import minilmv2_loss
 from pretrain_distill.run_config import ObjectiveConfig
+from pretrain_distill.vocab import StudentVocab, VocabIndex
 
 TERMS: tuple[str, ...] = ("hs", "od", "minilmv2", "direct_minilm", "cosine", "mlm")
 _LOGIT_TERMS = ("od", "mlm")
@@ -110,13 +111,24 @@ class Distiller(nn.Module):
         student: a Hugging Face ``*ForMaskedLM`` (or base) encoder of a supported family; trained.
         teacher: a supported encoder; frozen (eval, ``requires_grad=False``) and truncated **in place** to
             the deepest layer the terms read. Needs a trained MLM head (``*ForMaskedLM``) for ``od``.
+        vocab: a pruned student vocabulary (:mod:`pretrain_distill.vocab`), or None: the teacher's. With
+            one, ``forward`` takes teacher ids; the student reads them remapped on the device, OD compares
+            the teacher's distribution restricted to the kept tokens and renormalised, MLM labels are
+            remapped.
     """
 
-    def __init__(self, objective_cfg: ObjectiveConfig, student: PreTrainedModel, teacher: PreTrainedModel):
+    def __init__(
+        self,
+        objective_cfg: ObjectiveConfig,
+        student: PreTrainedModel,
+        teacher: PreTrainedModel,
+        vocab: StudentVocab | None = None,
+    ):
         super().__init__()
         self.cfg = objective_cfg
         self.weights = self._check_weights(objective_cfg.weights)
         self.student = student
+        self.vocab_index = VocabIndex(vocab) if vocab is not None else None
         object.__setattr__(self, "_teacher", freeze(teacher))  # not a submodule: hidden from DeepSpeed
         s_spec, t_spec = spec_of(student.config), spec_of(teacher.config)
         self.num_student_layers, self.num_teacher_layers = s_spec.layers, t_spec.layers
@@ -174,10 +186,12 @@ class Distiller(nn.Module):
                     f"the 'od' term needs the teacher's MLM logits, but the teacher ({type(teacher).__name__}) "
                     f"has no MLM head (load it with build_teacher(..., needs_mlm_head=True)); {FIT_MLM_HEAD_HINT}"
                 )
-            if student.config.vocab_size != teacher.config.vocab_size:
+            expected = self.vocab_index.vocab.size if self.vocab_index else teacher.config.vocab_size
+            if student.config.vocab_size != expected:
                 raise ValueError(
                     f"'od' compares vocabularies: student {student.config.vocab_size}, "
                     f"teacher {teacher.config.vocab_size}"
+                    + (f" pruned to {expected}" if self.vocab_index else "")
                 )
             if self.cfg.temperature <= 0:
                 raise ValueError(f"objective.temperature must be > 0, got {self.cfg.temperature}")
@@ -349,11 +363,20 @@ class Distiller(nn.Module):
                     teacher = base_model(self.teacher)
                     teacher(input_ids=input_ids, attention_mask=encoder_attention_mask(teacher, mask))
             t_cap = self._teacher_tap.pop()
+        student_ids, mlm_labels = input_ids, host.mlm_labels
+        if (
+            self.vocab_index is not None
+        ):  # a pruned vocabulary: remapped ids and labels, the kept tokens' logits
+            student_ids = self.vocab_index.student_ids(input_ids)
+            if mlm_labels is not None:
+                mlm_labels = self.vocab_index.student_labels(mlm_labels)
+            if teacher_logits is not None:
+                teacher_logits = self.vocab_index.restrict(teacher_logits)
         if self._needs_logits:
-            student_logits = mlm_logits_at(self.student, input_ids, mask, host.rows)
+            student_logits = mlm_logits_at(self.student, student_ids, mask, host.rows)
         else:
             student = base_model(self.student)
-            student(input_ids=input_ids, attention_mask=encoder_attention_mask(student, mask))
+            student(input_ids=student_ids, attention_mask=encoder_attention_mask(student, mask))
         s_cap = self._student_tap.pop()
 
         losses: dict[str, Tensor] = {}
@@ -375,7 +398,7 @@ class Distiller(nn.Module):
             )
         if "mlm" in self.weights:
             rows = student_logits if host.mlm_rows is None else student_logits.index_select(0, host.mlm_rows)
-            losses["mlm"] = mlm_loss(rows, host.mlm_labels)
+            losses["mlm"] = mlm_loss(rows, mlm_labels)
         total = sum(self.weights[name] * value for name, value in losses.items())
         if "direct_minilm" in self.weights and self.cfg.orthogonal_weight > 0:
             losses["orthogonality"] = self.direct_maps.orthogonality_penalty()

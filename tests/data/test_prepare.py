@@ -22,6 +22,7 @@ from pretrain_distill.data.manifest import load_manifest
 from pretrain_distill.data.prepare import prepare_shards
 from pretrain_distill.data.shards import read_rows
 from pretrain_distill.data.stream import build_dataloader
+from pretrain_distill.data.token_counts import load_token_counts
 from pretrain_distill.run_config import DataConfig
 
 from .conftest import write_cc100
@@ -86,6 +87,17 @@ def test_wikipedia_manifest_and_shard_contents(wiki_shards, small_wiki_dump, tok
     content = sum(int(lens.sum()) - 2 * len(lens) for _, lens in rows.values())
     encoded = tokenizer([d.text for d in docs], add_special_tokens=False, truncation=False)["input_ids"]
     assert content == sum(map(len, encoded)) + len(docs) - len(manifest["shards"])  # + separators
+    # Token counts: an independent recount of every real token of every shard (padding excluded).
+    recount = np.zeros(30522, dtype=np.int64)
+    for ids, lengths in rows.values():
+        for row, length in zip(ids, lengths):
+            for token in row[:length]:
+                recount[token] += 1
+    counts = load_token_counts(out, manifest)
+    assert set(counts) == {"en"} and np.array_equal(counts["en"], recount)
+    assert counts["en"].sum() == manifest["totals"]["tokens"] == manifest["token_counts"]["en"]["tokens"]
+    assert counts["en"][tokenizer.cls_token_id] == manifest["totals"]["sequences"]
+    assert not list(out.glob("*.counts.npy"))  # the per-chunk counts are merged, then removed
     ids, lengths = rows[manifest["shards"][0]["name"]]
     text = tokenizer.decode(ids[0][: lengths[0]])
     assert text.startswith("[CLS]") and text.endswith("[SEP]") and len(text.split()) > 50
@@ -100,6 +112,8 @@ def test_workers_do_not_change_the_output_and_rerun_is_a_no_op(
     assert again["shards"] == manifest["shards"]
     for s in manifest["shards"]:
         assert (tmp_path / s["name"]).read_bytes() == (out / s["name"]).read_bytes()
+    assert again["token_counts"] == manifest["token_counts"]
+    assert (tmp_path / "token_counts/en.npy").read_bytes() == (out / "token_counts/en.npy").read_bytes()
     assert prepare_wiki(small_wiki_dump, tmp_path, tokenizer, workers=1) == again
     with pytest.raises(DataError, match="other settings"):
         prepare_shards([f"wikipedia:{small_wiki_dump}"], tmp_path, tokenizer, max_length=64, progress=False)
@@ -150,6 +164,13 @@ def test_interrupted_preparation_resumes_without_rereading_finished_units(tmp_pa
     for s in reference["shards"]:
         assert (tmp_path / "run" / s["name"]).read_bytes() == (tmp_path / "ref" / s["name"]).read_bytes()
     assert not (tmp_path / "run" / "progress.jsonl").exists()
+    assert resumed["token_counts"] == reference["token_counts"] and set(resumed["token_counts"]) == {
+        "de",
+        "ru",
+        "zh",
+    }
+    for language, counts in load_token_counts(tmp_path / "run", resumed).items():
+        assert np.array_equal(counts, load_token_counts(tmp_path / "ref", reference)[language])
 
 
 def test_bad_documents_are_counted_and_reported(tmp_path, tokenizer, caplog):

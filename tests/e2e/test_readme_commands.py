@@ -65,7 +65,7 @@ def readme_commands() -> list[str]:
 
 def test_the_table_names_every_stage_of_the_pipeline():
     tools = [shlex.split(c)[:2] for c in readme_commands() if not c.startswith(NOT_RUN)]
-    assert [t for t, _ in tools] == ["pretrain-distill"] * 8 + ["finetune"] * 4
+    assert [t for t, _ in tools] == ["pretrain-distill"] * 9 + ["finetune"] * 4
     assert {c for _, c in tools} == set(distill_cli.COMMANDS) - {"config", "demo"} | set(
         finetune_cli.COMMANDS
     ) - {"sweep"}
@@ -86,11 +86,13 @@ def test_readme_commands_run_in_order_on_each_others_outputs(tmp_path, monkeypat
         assert code == 0, f"{command}\n{err[-3000:]}"
         ran.append((tool, name, out))
 
-    assert len(ran) == 12
+    assert len(ran) == 13
     export = dict(((t, n), out) for t, n, out in ran)[("pretrain-distill", "export")]
     assert export == "runs/distill/export\n"  # stdout: the result only ($(pretrain-distill export ...))
     assert (tmp_path / "runs" / "distill" / "plots" / "losses.png").is_file()
     assert (tmp_path / "runs" / "search" / "search.md").is_file()
+    savings = dict(((t, n), out) for t, n, out in ran)[("pretrain-distill", "vocab")]
+    assert "| 3, 12, 384, 1024 | full (30,522) | 16.06M | 64.2 MB |" in savings
     rows = (tmp_path / "reports" / "report.md").read_text()
     for model in ("minilm", "distill", "distill-rail_c"):  # named after the models, not "export"
         assert f"| {model} |" in rows, rows

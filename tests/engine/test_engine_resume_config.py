@@ -29,6 +29,14 @@ def test_same_config_and_same_student_written_two_ways_are_no_change():
     assert run_changes(saved, tree()) == ([], [])
 
 
+def test_fields_a_checkpoint_predates_count_as_their_defaults():
+    saved = tree()
+    for key in ("vocab", "vocab_min_count", "vocab_coverage"):  # written before the pruned vocabulary
+        del saved["student"][key]
+    assert run_changes(saved, tree()) == ([], [])
+    assert run_changes(saved, tree("student.vocab=corpus"))[0] == ["student.vocab: full -> corpus"]
+
+
 def test_identity_changes_and_other_changes_are_told_apart():
     identity, other = run_changes(
         tree("train.max_steps=10", "objective.temperature=2.0"),

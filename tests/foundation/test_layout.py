@@ -17,7 +17,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("pretrain_distill", "finetune")
 #: Imported inside functions on purpose: heavy to import, and needed only on some paths.
-LATE_IMPORTS = ("deepspeed", "triton", "sentence_transformers", "huggingface_hub", "wandb", "mlflow")
+LATE_IMPORTS = (
+    "deepspeed",
+    "triton",
+    "sentence_transformers",
+    "huggingface_hub",
+    "wandb",
+    "mlflow",
+    "onnx",
+    "onnxruntime",
+)
 
 
 def _modules() -> dict[str, Path]:

@@ -79,7 +79,17 @@ def test_markdown_table_lines_and_paper_ratio():
     table = markdown_table(rows, LatencySettings(), paper=True).splitlines()
     assert len(table) == 2 + len(rows) + 2  # header, rule, rows, blank, settings
     cells = [c.strip() for c in table[2].strip("|").split("|")]
-    assert cells == ["3L", "3, 12, 384, 1024", "16.1", "10.00", "0.10", "10.00 (0.20)", "0.250", "0.083"]
+    assert cells == [
+        "3L",
+        "torch",
+        "3, 12, 384, 1024",
+        "16.1",
+        "10.00",
+        "0.10",
+        "10.00 (0.20)",
+        "0.250",
+        "0.083",
+    ]
     assert round(PAPER_CPU_MS["3L"] / PAPER_CPU_MS["teacher"], 3) == 0.083
     assert table[-1] == "cpu, batch 1 x 128 tokens, 1 thread(s), 5 warm-up + 30 timed forwards per model"
     assert "paper" not in markdown_table(rows, LatencySettings())
@@ -141,3 +151,30 @@ def test_cli_writes_the_table_and_json(tiny_teacher_dir, tmp_path, capsys):
     record = json.loads(out.with_suffix(".json").read_text())
     assert [r["name"] for r in record["rows"]] == ["1,2,32,64", "teacher"]
     assert record["settings"]["seq"] == 8 and record["rows"][1]["ratio"] == 1.0
+
+
+def test_onnx_runtimes_time_every_model_with_ratios_per_runtime(tiny_teacher_dir, tmp_path, capsys):
+    out = tmp_path / "latency.md"
+    args = ["latency", "1,2,32,64", "--teacher", str(tiny_teacher_dir), "--seq", "8", "--warmup", "1"]
+    assert cli.main([*args, "--repeats", "2", "--runtime", "torch", "onnx-int8", "--out", str(out)]) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(r["name"], r["runtime"]) for r in rows] == [
+        ("1,2,32,64", "torch"),
+        ("teacher", "torch"),
+        ("1,2,32,64", "onnx-int8"),
+        ("teacher", "onnx-int8"),
+    ]
+    for row, teacher in ((rows[0], rows[1]), (rows[2], rows[3])):
+        assert row["ratio"] == pytest.approx(row["stats"]["median_ms"] / teacher["stats"]["median_ms"])
+        assert teacher["ratio"] == 1.0 and row["stats"]["repeats"] == 2
+    assert "| onnx-int8 |" in capsys.readouterr().out
+
+
+def test_onnx_runtimes_refuse_cuda(tiny_teacher_dir, tmp_path):
+    from pretrain_distill.latency import forward_runner
+
+    model = build_model("1,2,32,64", str(tiny_teacher_dir))
+    settings = LatencySettings(seq=8)
+    object.__setattr__(settings, "device", "cuda")  # as if a GPU were present
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        forward_runner(model, settings, "onnx", tmp_path)
