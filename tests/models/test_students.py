@@ -176,14 +176,15 @@ def test_init_from_a_base_encoder_export_says_the_head_is_new_in_one_line(tiny_b
     cfg = StudentConfig(preset=None, layers=1, heads=2, hidden=32, ffn=48)
     base_model(build_student_from_config(cfg, teacher)).save_pretrained(tmp_path / "export")
     cfg.init_from = str(tmp_path / "export")
-    library = logging.getLogger("transformers")  # it does not propagate: listen on it directly
+    library = logging.getLogger("transformers")  # it may not propagate: listen on it directly
     library.addHandler(caplog.handler)
     try:
         with caplog.at_level("WARNING"):
             build_student_from_config(cfg, teacher)
     finally:
         library.removeHandler(caplog.handler)
-    assert [r.getMessage() for r in caplog.records] == [
+    heard = {id(r): r.getMessage() for r in caplog.records}  # once, whether or not the library propagates
+    assert list(heard.values()) == [
         f"student.init_from {tmp_path / 'export'} holds no MLM head: the student's starts from random "
         "weights (only the od and mlm terms read it)"
     ]

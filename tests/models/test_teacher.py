@@ -70,19 +70,28 @@ def test_build_teacher_with_mlm_head_refuses_headless_minilm(teacher_dir):
         build_teacher(TeacherConfig(path=str(teacher_dir)), needs_mlm_head=True)
 
 
-def test_a_teacher_loads_without_transformers_load_report(tiny_teacher_dir, caplog):
+def test_a_teacher_loads_without_transformers_load_report(tiny_teacher_dir):
     """The tiny teacher is a BertForMaskedLM: loaded as the bare encoder, its MLM head is unexpected and
     its pooler missing, neither of which the run reads; transformers' report of them is not shown."""
     import logging
 
-    library = logging.getLogger("transformers")  # it does not propagate: listen on it directly
-    library.addHandler(caplog.handler)
+    class Heard(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.DEBUG)
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    # Listen on the library's own logger: whether it propagates to the root depends on earlier tests.
+    heard, library = Heard(), logging.getLogger("transformers")
+    library.addHandler(heard)
     try:
         logging.getLogger("transformers.modeling_utils").warning("canary")  # the listener hears it
         build_teacher(TeacherConfig(path=str(tiny_teacher_dir)))
     finally:
-        library.removeHandler(caplog.handler)
-    assert [r.getMessage() for r in caplog.records] == ["canary"]
+        library.removeHandler(heard)
+    assert heard.messages == ["canary"]
 
 
 def test_a_teacher_without_its_encoder_weights_is_refused(tiny_teacher_dir, tmp_path):
