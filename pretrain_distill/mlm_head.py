@@ -25,6 +25,7 @@ from transformers import AutoModelForMaskedLM
 
 from pretrain_distill.core.console import loading_quietly
 from pretrain_distill.core.distributed import resolve_device
+from pretrain_distill.core.files import staged_dir
 from pretrain_distill.core.lr_schedule import build_lr_scheduler
 from pretrain_distill.core.model_names import find_model
 from pretrain_distill.core.tokenizer_loading import load_tokenizer
@@ -33,6 +34,8 @@ from pretrain_distill.data.manifest import check_tokenizer
 from pretrain_distill.models.families import base_model, detect_family, mlm_head
 from pretrain_distill.models.teacher import freeze
 from pretrain_distill.run_config import DataConfig
+
+RECORD = "mlm_head.json"  # the settings and the masked-token metrics, beside the model
 
 
 def mlm_head_module(model: nn.Module) -> nn.Module:
@@ -119,6 +122,11 @@ def fit_mlm_head(
     """Train the MLM head of ``teacher`` (frozen encoder) on ``shards``; save to ``out``; return the record."""
     if steps < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"steps, batch_size and lr must be positive, got {steps}, {batch_size}, {lr}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / RECORD).is_file())):
+        raise FileExistsError(
+            f"--out {out}: exists and is not an earlier fit-mlm-head output; choose another"
+        )
     torch.manual_seed(seed)
     dev = resolve_device(device, 0)
     path = find_model(teacher, "teacher")
@@ -144,8 +152,8 @@ def fit_mlm_head(
         "seconds": round(time.time() - start, 1),
     }
     record["perplexity"] = math.exp(record[f"masked_loss_last_{n}_steps"])
-    out = Path(out)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    (out / "mlm_head.json").write_text(json.dumps(record, indent=1))
+    with staged_dir(out) as staging:  # `out` is replaced whole: never half written, nor mixed with a rival's
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / RECORD).write_text(json.dumps(record, indent=1))
     return record

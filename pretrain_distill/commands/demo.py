@@ -54,7 +54,7 @@ from pretrain_distill.engine import train
 from pretrain_distill.export import export_run
 from pretrain_distill.export.encoder import exported_form
 from pretrain_distill.latency import LatencySettings, latency_rows
-from pretrain_distill.mlm_head import fit_mlm_head
+from pretrain_distill.mlm_head import RECORD, fit_mlm_head
 from pretrain_distill.models import build_student, spec_from_config, special_token_ids
 from pretrain_distill.plot import plot_run
 from pretrain_distill.run_config import RunConfig, load_run_config
@@ -151,7 +151,7 @@ def distill_config(
 def od_stage(out: Path, shards: Path, profile: Profile, device: str, earlier: list[str]) -> list[str]:
     """Overrides for OD as a second stage: init from the last export so far, teacher with a fitted head."""
     teacher_mlm = out / "teacher_mlm"
-    if not (teacher_mlm / "mlm_head.json").is_file():
+    if not (teacher_mlm / RECORD).is_file():
         _stage(f"3/6 fit an MLM head on the frozen teacher ({profile.distill_steps} steps), for OD")
         record = fit_mlm_head(
             "minilm", str(shards), teacher_mlm, profile.distill_steps, profile.distill_batch, device=device

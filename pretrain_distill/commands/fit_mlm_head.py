@@ -33,7 +33,11 @@ from pretrain_distill.mlm_head import fit_mlm_head
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", default="minilm", help="teacher path or embedded name (default: minilm)")
     parser.add_argument("--shards", required=True, help="shards directory from `pretrain-distill prepare`")
-    parser.add_argument("--out", required=True, help="output directory (a *ForMaskedLM model)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output directory: new, or an earlier fit-mlm-head output (replaced whole)",
+    )
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-3, help="peak learning rate (default: 5e-3)")

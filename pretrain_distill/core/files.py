@@ -2,13 +2,15 @@
 
 Everything is written under a temporary name beside its target (same filesystem), flushed to disk and
 renamed over the target in one step. Two ways to publish a directory: :func:`publish_dir` replaces what
-is there (exports, checkpoints); :func:`fill_dir_once` keeps the first complete copy when several
+is there (exports through :func:`staged_dir`, checkpoints); :func:`fill_dir_once` keeps the first complete copy when several
 processes fill the same cache at once (the others discard theirs and use it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import itertools
 import json
 import os
 import shutil
@@ -68,18 +70,39 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
 def publish_dir(staged: str | Path, target: str | Path) -> Path:
     """Move the complete directory ``staged`` to ``target``. An existing ``target`` is moved aside,
     replaced by one rename, then deleted: at every moment ``target`` is either the old directory or the
-    new one. (File contents are not flushed one by one: checkpoints carry checksums for that.)"""
+    new one. When several processes publish to one ``target`` at once, each publication is whole and the
+    last one stays. (File contents are not flushed one by one: checkpoints carry checksums for that.)"""
     staged, target = Path(staged), Path(target)
     fsync_dir(staged)
-    old = None
-    if target.exists():
-        old = _temp_sibling(target, directory=True)
-        os.replace(target, old / target.name)
-    os.replace(staged, target)
-    fsync_dir(target.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    aside = _temp_sibling(target, directory=True)
+    try:
+        for attempt in itertools.count():
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(target, aside / str(attempt))
+            try:
+                os.replace(staged, target)
+                break
+            except OSError as err:  # another process published between the two renames: move it aside too
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+        fsync_dir(target.parent)
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def staged_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory beside ``target`` (unique per call, so concurrent writers never
+    share one); when the block ends without an error it is published as ``target`` (:func:`publish_dir`),
+    otherwise removed. A killed process leaves it behind, hidden (``.<target>.tmp-*``)."""
+    staged = _temp_sibling(Path(target), directory=True)
+    try:
+        yield staged
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    publish_dir(staged, target)
 
 
 def fill_dir_once(target: str | Path, fill: Callable[[Path], None]) -> Path:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import math
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
 from safetensors import safe_open
 
 from pretrain_distill.core.assets import TEACHER_HUB_ID, AssetError, teacher_path
-from pretrain_distill.core.files import publish_dir
+from pretrain_distill.core.files import staged_dir
 from pretrain_distill.core.public_paths import PATH_STYLES, public_text
 from pretrain_distill.export.encoder import mlm_head_trained, write_transformers
 from pretrain_distill.export.hub import push_to_hub as push
@@ -84,17 +83,10 @@ def export_run(
     head_trained = mlm_head_trained(source.config)
     with_mlm_head = _keep_mlm_head(fmt, with_mlm_head, head_trained)
     print(f"export: {source.describe()} -> {out} ({fmt})", file=sys.stderr)
-    staging = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with staged_dir(out) as staging:  # unique per export: two exports to one --out never share it
         _write_export(
             source, staging, out, fmt, with_mlm_head, head_trained, license, card_paths == "full", quantize
         )
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    publish_dir(staging, out)
     if push_to_hub:
         print(f"export: pushed to {push(out, push_to_hub, private=private)}", file=sys.stderr)
     return out

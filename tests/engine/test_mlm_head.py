@@ -111,3 +111,24 @@ def test_refuses_heads_it_does_not_know():
 def test_refuses_bad_settings(headless_teacher, one_batch_shards, tmp_path):
     with pytest.raises(ValueError, match="must be positive"):
         fit_mlm_head(str(headless_teacher), str(one_batch_shards), tmp_path / "x", steps=0)
+
+
+def test_out_is_replaced_whole_and_a_foreign_directory_refused(headless_teacher, one_batch_shards, tmp_path):
+    """A refit replaces an earlier output whole (nothing of it left over, no staging behind); a
+    directory that is not one is refused before any training, and left as it was."""
+    out = tmp_path / "teacher_mlm"
+    fit = dict(teacher=str(headless_teacher), shards=str(one_batch_shards), steps=2, batch_size=4)
+    fit_mlm_head(out=out, **fit)
+    (out / "stale.txt").write_text("from the first fit")
+    fit_mlm_head(out=out, seed=1, **fit)
+    assert not (out / "stale.txt").exists() and json.loads((out / "mlm_head.json").read_text())["seed"] == 1
+    assert not list(tmp_path.glob(".*tmp-*"))
+
+    foreign = tmp_path / "runs"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("keep me")
+    with pytest.raises(
+        FileExistsError, match=r"--out .*runs: exists and is not an earlier fit-mlm-head output"
+    ):
+        fit_mlm_head(out=foreign, **fit)
+    assert [p.name for p in foreign.iterdir()] == ["precious.txt"]

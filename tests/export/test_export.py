@@ -201,6 +201,32 @@ def test_the_export_command_prints_only_the_export_path_on_stdout(bert_run, tmp_
     assert proc.stdout == f"{out}\n", proc.stdout
 
 
+@pytest.mark.slow
+def test_two_exports_to_one_out_at_once_leave_one_whole_export(bert_run, tmp_path):
+    """Two `export` processes (of different checkpoints) racing to one --out both succeed; what stays is
+    one whole export that loads, and neither leaves its staging directory behind."""
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"} | {"OMP_NUM_THREADS": "1"}
+    out = tmp_path / "m"
+    argv = [sys.executable, "-m", "pretrain_distill.cli", "export", str(bert_run), "--out", str(out)]
+    steps = ("step_00000002", "step_00000004")
+    procs = [
+        subprocess.Popen(
+            [*argv, "--checkpoint", str(bert_run / "checkpoints" / step)],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for step in steps
+    ]
+    results = [proc.communicate(timeout=300) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], [err for _, err in results]
+    card = (out / "README.md").read_text()
+    assert ("2 optimizer steps" in card) != ("4 optimizer steps" in card)
+    AutoModel.from_pretrained(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
 def test_card_names_teacher_data_steps_parameters_and_checkpoint(bert_run, tmp_path, capsys):
     checkpoint = bert_run / "checkpoints" / "step_00000002"
     argv = ["export", str(bert_run), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m")]
@@ -351,7 +377,7 @@ def test_inputs_checked_before_anything_is_written(case, message, bert_run, tmp_
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
-    assert not list(bert_run.glob("export*")) and not list(bert_run.glob(".tmp-*"))
+    assert not list(bert_run.glob("export*")) and not list(bert_run.glob(".*tmp-*"))
 
 
 def test_a_killed_checkpoint_write_is_skipped_and_a_corrupt_one_named(tmp_path, tokenizer, capsys):
