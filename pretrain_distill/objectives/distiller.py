@@ -25,6 +25,7 @@ from transformers import PreTrainedModel
 
 from pretrain_distill.core.seeds import torch_generator
 from pretrain_distill.models import (
+    Captured,
     MissingMLMHeadError,
     Tap,
     base_model,
@@ -42,7 +43,7 @@ from pretrain_distill.models.families import (
     sliding_window_layers,
 )
 from pretrain_distill.models.teacher import FIT_MLM_HEAD_HINT
-from pretrain_distill.objectives.host_batch import plan_batch
+from pretrain_distill.objectives.host_batch import HostBatch, plan_batch
 from pretrain_distill.objectives.losses import (
     DirectMiniLMMaps,
     HiddenStateProjections,
@@ -353,32 +354,55 @@ class Distiller(nn.Module):
             od_positions=self.cfg.od_positions if "od" in self.weights else None,
             mlm="mlm" in self.weights,
         )
-        mask = host.attention_mask
-        teacher_logits = None
-        if self._teacher_tap is not None:
-            with torch.inference_mode():
-                if "od" in self.weights:
-                    teacher_logits = mlm_logits_at(self.teacher, input_ids, mask, host.rows)
-                else:
-                    teacher = base_model(self.teacher)
-                    teacher(input_ids=input_ids, attention_mask=encoder_attention_mask(teacher, mask))
-            t_cap = self._teacher_tap.pop()
+        t_cap, teacher_logits = self._teacher_forward(input_ids, host)
         student_ids, mlm_labels = input_ids, host.mlm_labels
-        if (
-            self.vocab_index is not None
-        ):  # a pruned vocabulary: remapped ids and labels, the kept tokens' logits
+        if self.vocab_index is not None:  # a pruned vocabulary: remapped ids and labels, the kept logits
             student_ids = self.vocab_index.student_ids(input_ids)
             if mlm_labels is not None:
                 mlm_labels = self.vocab_index.student_labels(mlm_labels)
             if teacher_logits is not None:
                 teacher_logits = self.vocab_index.restrict(teacher_logits)
-        if self._needs_logits:
-            student_logits = mlm_logits_at(self.student, student_ids, mask, host.rows)
-        else:
-            student = base_model(self.student)
-            student(input_ids=student_ids, attention_mask=encoder_attention_mask(student, mask))
-        s_cap = self._student_tap.pop()
+        s_cap, student_logits = self._student_forward(student_ids, host)
+        return self._weighted_losses(s_cap, t_cap, student_logits, teacher_logits, mlm_labels, host)
 
+    def _teacher_forward(self, input_ids: Tensor, host: HostBatch) -> tuple[Captured | None, Tensor | None]:
+        """The teacher's taps (None when no term reads the teacher) and, for OD, its logits at the OD rows."""
+        if self._teacher_tap is None:
+            return None, None
+        logits = None
+        with torch.inference_mode():
+            if "od" in self.weights:
+                logits = mlm_logits_at(self.teacher, input_ids, host.attention_mask, host.rows)
+            else:
+                teacher = base_model(self.teacher)
+                teacher(
+                    input_ids=input_ids, attention_mask=encoder_attention_mask(teacher, host.attention_mask)
+                )
+        return self._teacher_tap.pop(), logits
+
+    def _student_forward(self, student_ids: Tensor, host: HostBatch) -> tuple[Captured, Tensor | None]:
+        """The student's taps and, when a term reads them (od, mlm), its logits at the planned rows."""
+        if self._needs_logits:
+            logits = mlm_logits_at(self.student, student_ids, host.attention_mask, host.rows)
+        else:
+            logits = None
+            student = base_model(self.student)
+            student(
+                input_ids=student_ids, attention_mask=encoder_attention_mask(student, host.attention_mask)
+            )
+        return self._student_tap.pop(), logits
+
+    def _weighted_losses(
+        self,
+        s_cap: Captured,
+        t_cap: Captured | None,
+        student_logits: Tensor | None,
+        teacher_logits: Tensor | None,
+        mlm_labels: Tensor | None,
+        host: HostBatch,
+    ) -> dict[str, Tensor]:
+        """Each term's loss and ``"loss"`` = ``sum(weight * term)`` (+ the DirectMiniLM orthogonality)."""
+        mask = host.attention_mask
         losses: dict[str, Tensor] = {}
         if "hs" in self.weights:
             losses["hs"] = hidden_state_loss(
