@@ -167,9 +167,10 @@ class FinetuneConfig:
     # kept, plus the best one.
     save_every: int = 0
     keep_last: int = 2
-    # Continue from the newest checkpoint of this run directory when there is one (false: an earlier
-    # run's checkpoints are an error; delete the directory to start over).
-    resume: bool = True
+    # As in `pretrain-distill train`: "auto" continues from the newest checkpoint of each seed's directory
+    # whose files verify; "none" starts a new run, refused when the directory already holds checkpoints
+    # (delete it to start over).
+    resume: Literal["auto", "none"] = "auto"
     # Training loss terms go to run_dir/logs/metrics.jsonl and run_dir/logs/tensorboard/ every
     # `log_every` steps, with every evaluation.
     log_every: int = 50

@@ -356,18 +356,18 @@ def training_arguments(
     )
 
 
-def resume_checkpoint(out: Path, resume: bool) -> str | None:
-    """The newest checkpoint under ``out`` whose ``COMPLETE`` marker verifies (a folder without one was
-    cut short by a kill; a damaged one is skipped with a warning) when resuming; an earlier run's
-    checkpoints with ``resume: false`` are an error (nothing is overwritten silently)."""
+def resume_checkpoint(out: Path, resume: str) -> str | None:
+    """With ``resume: auto``, the newest checkpoint under ``out`` whose ``COMPLETE`` marker verifies (a
+    folder without one was cut short by a kill; a damaged one is skipped with a warning); with
+    ``resume: none`` an earlier run's checkpoints are an error (nothing is overwritten silently)."""
     folders = out.glob("checkpoint-*") if out.is_dir() else []
     complete = sorted(
         (p for p in folders if p.name.split("-")[-1].isdigit() and (p / COMPLETE).is_file()),
         key=lambda p: int(p.name.split("-")[-1]),
     )
-    if complete and not resume:
+    if complete and resume == "none":
         raise FinetuneInputError(
-            f"{out} holds checkpoints of an earlier run: resume=true continues it, or delete it"
+            f"{out} holds checkpoints of an earlier run: resume=auto continues it, or delete it"
         )
     try:
         checkpoint = newest_verified(complete, out)

@@ -257,7 +257,7 @@ def metrics_record(
 
 
 def check_resume(cfg: FinetuneConfig, run_dir: Path, seed: int) -> None:
-    """A seed directory holding checkpoints continues only the run that wrote them: ``resume: false``
+    """A seed directory holding checkpoints continues only the run that wrote them: ``resume: none``
     is refused, and so is any change of a field outside ``RESUME_MAY_CHANGE`` (one line naming each);
     a resume is announced on stderr with the fields that did change."""
     checkpoint = resume_checkpoint(run_dir / CHECKPOINTS, cfg.resume)

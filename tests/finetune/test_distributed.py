@@ -217,7 +217,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(
     assert sorted(step_losses(run_dir)) == list(range(1, 10)) and not (run_dir / "metrics.json").exists()
     assert (run_dir / "checkpoints" / "checkpoint-8").is_dir()
 
-    resumed = run(load_finetune_config(overrides=args))[0]  # resume: true (default)
+    resumed = run(load_finetune_config(overrides=args))[0]  # resume: auto (default)
     want, got = step_losses(reference), step_losses(resumed)
     assert sorted(got) == list(range(1, 13))
     torch.testing.assert_close(
@@ -235,7 +235,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(
     assert json.loads((resumed / "metrics.json").read_text())["eval"] == m_res["eval"]
     config_before = (resumed / "config.yaml").read_text()
     with pytest.raises(ConfigError, match="holds checkpoints of an earlier run"):
-        run(load_finetune_config(overrides=[*args, "resume=false", "lr=0.5"]))
+        run(load_finetune_config(overrides=[*args, "resume=none", "lr=0.5"]))
     # resuming with another optimisation or training set would mix two runs into one result
     for change, named in (
         ("lr=0.5", "lr: 0.001 -> 0.5"),
@@ -420,15 +420,15 @@ def test_a_checkpoint_or_log_line_cut_short_by_a_kill_is_skipped(tmp_path):
     from pretrain_distill.core.checkpoint_trust import mark_complete
 
     out = tmp_path / "checkpoints"
-    assert resume_checkpoint(out, resume=True) is None
+    assert resume_checkpoint(out, resume="auto") is None
     for step, complete in ((4, True), (10, True), (12, False)):
         (out / f"checkpoint-{step}").mkdir(parents=True)
         (out / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
         if complete:
             mark_complete(out / f"checkpoint-{step}", {"step": step})
-    assert resume_checkpoint(out, resume=True) == str(out / "checkpoint-10")  # 10 > 4 numerically
+    assert resume_checkpoint(out, resume="auto") == str(out / "checkpoint-10")  # 10 > 4 numerically
     with pytest.raises(ConfigError, match="holds checkpoints of an earlier run"):
-        resume_checkpoint(out, resume=False)
+        resume_checkpoint(out, resume="none")
 
     log = tmp_path / "logs" / "metrics.jsonl"
     log.parent.mkdir()
@@ -453,11 +453,11 @@ def test_a_damaged_finetune_checkpoint_is_skipped_for_the_newest_that_verifies(t
         (folder / "model.safetensors").write_bytes(bytes(range(64)) * step)
         mark_complete(folder, {"step": step})
     (out / "checkpoint-10" / "model.safetensors").write_bytes(bytes(64 * 10))  # same size, other bytes
-    assert resume_checkpoint(out, resume=True) == str(out / "checkpoint-4")
+    assert resume_checkpoint(out, resume="auto") == str(out / "checkpoint-4")
     assert "checkpoint-10" in caplog.text and "checksum differs" in caplog.text
     (out / "checkpoint-4" / "model.safetensors").write_bytes(b"cut")
     with pytest.raises(ConfigError, match="no checkpoint passes its checks"):
-        resume_checkpoint(out, resume=True)
+        resume_checkpoint(out, resume="auto")
 
 
 # One torchrun launch, several jobs (the process group is shared): per job and rank, the example ids of
