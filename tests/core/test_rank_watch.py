@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.launch import free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -45,7 +46,7 @@ print("done", flush=True)
 
 
 def _pair(scenario: str, sleep: int = 60):
-    port = str(_free_port())
+    port = str(free_port())
     env = {
         k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
     }
@@ -61,12 +62,6 @@ def _pair(scenario: str, sleep: int = 60):
         for rank in (0, 1)
     ]
     return procs
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str, float]:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from pretrain_distill.run_config import RunConfig, load_run_config
+from tests.launch import REPO, subprocess_env
 
-REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 
 # A child script (one rank): train with the JSON overrides in argv[1], then save the student's weights
@@ -58,24 +56,6 @@ def tiny_overrides(teacher: Path, shards: Path, out: Path, *extra: str) -> list[
 
 def tiny_config(teacher: Path, shards: Path, out: Path, *extra: str) -> RunConfig:
     return load_run_config(overrides=tiny_overrides(teacher, shards, out, *extra))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    """Environment for child processes: one thread each, no launcher variables inherited."""
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
-    }
-    env.update(
-        OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false"
-    )
-    env.update(extra)
-    return env
 
 
 def run_python(code: str, *args: str, env: dict[str, str] | None = None, timeout: int = 180):

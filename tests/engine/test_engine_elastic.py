@@ -17,11 +17,12 @@ from collections import Counter
 
 import pytest
 import torch
-from engine_helpers import REPO, free_port, subprocess_env, tiny_overrides
+from engine_helpers import REPO, tiny_overrides
 
 from pretrain_distill.core.checkpoint_trust import read_metadata
 from pretrain_distill.data.stream import ShardLoader, ShardStream
 from pretrain_distill.engine.checkpoint import CheckpointStore
+from tests.launch import subprocess_env, torchrun
 
 pytestmark = pytest.mark.slow
 
@@ -84,18 +85,7 @@ with PreemptionFlag() as flag:
 
 def _launch(script, overrides: list[str], world: int, stop_at: int, tag: str) -> subprocess.CompletedProcess:
     args = [str(script), json.dumps(overrides), str(stop_at), tag]
-    if world > 1:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc_per_node={world}",
-            "--master_addr=127.0.0.1",
-            f"--master_port={free_port()}",
-            *args,
-        ]
-    else:
-        cmd = [sys.executable, *args]
+    cmd = torchrun(*args, nproc=world) if world > 1 else [sys.executable, *args]
     return subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
 
 

@@ -23,7 +23,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from engine_helpers import PYTHON, REPO, subprocess_env, tiny_config, tiny_overrides
+from engine_helpers import PYTHON, REPO, tiny_config, tiny_overrides
 from safetensors.torch import load_file
 
 from pretrain_distill import cli
@@ -34,6 +34,7 @@ from pretrain_distill.engine import train
 from pretrain_distill.engine.checkpoint import CheckpointStore
 from pretrain_distill.engine.signals import EXIT_PREEMPTED
 from pretrain_distill.export import export_run
+from tests.launch import subprocess_env
 
 pytestmark = pytest.mark.slow
 

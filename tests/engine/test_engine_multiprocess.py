@@ -14,15 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_helpers import (
-    REPO,
-    TRAIN_AND_DUMP_WEIGHTS,
-    free_port,
-    run_python,
-    subprocess_env,
-    tiny_config,
-    tiny_overrides,
-)
+from engine_helpers import REPO, TRAIN_AND_DUMP_WEIGHTS, run_python, tiny_config, tiny_overrides
 from safetensors.torch import load_file
 
 from pretrain_distill.core.checkpoint_trust import read_metadata
@@ -30,6 +22,7 @@ from pretrain_distill.core.config_loading import save_config
 from pretrain_distill.core.metrics_log import read_metrics
 from pretrain_distill.engine import train
 from pretrain_distill.engine.checkpoint import CheckpointStore
+from tests.launch import free_port, subprocess_env, torchrun
 
 pytestmark = pytest.mark.slow
 
@@ -85,16 +78,7 @@ def test_two_ranks_via_torchrun_end_identical(tiny_teacher_dir, tiny_shards, tmp
     overrides = tiny_overrides(tiny_teacher_dir, tiny_shards, out, "train.max_steps=4", "train.save_every=2")
     script = tmp_path / "child.py"
     script.write_text(TRAIN_AND_DUMP_WEIGHTS)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        str(script),
-        json.dumps(overrides),
-    ]
+    cmd = torchrun(str(script), json.dumps(overrides))
     done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
     rank0, rank1 = (torch.load(out / f"weights_rank{r}.pt") for r in (0, 1))

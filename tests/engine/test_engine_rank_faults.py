@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_helpers import REPO, free_port, run_python, subprocess_env, tiny_overrides
+from engine_helpers import REPO, run_python, tiny_overrides
 from safetensors.torch import load_file
 
 from pretrain_distill.core.metrics_log import read_metrics
 from pretrain_distill.engine.checkpoint import CheckpointStore
+from tests.launch import free_port, subprocess_env, torchrun
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +44,7 @@ LOST = re.compile(r"error: RankLostError: rank (\d) \(pid \d+ on [^)]+\) has die
 
 
 def _torchrun(script: Path, overrides: list[str], victim: int, after: int) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
-    cmd += [f"--master_port={free_port()}", str(script), json.dumps(overrides), str(victim), str(after)]
+    cmd = torchrun(str(script), json.dumps(overrides), str(victim), str(after))
     env = subprocess_env(DISTILL_RANK_TIMEOUT="10")
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 

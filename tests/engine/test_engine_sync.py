@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import traceback
 from collections import Counter
 
@@ -26,8 +25,6 @@ import torch
 from engine_helpers import (
     REPO,
     TRAIN_AND_DUMP_WEIGHTS,
-    free_port,
-    subprocess_env,
     tiny_config,
     tiny_overrides,
 )
@@ -38,6 +35,7 @@ from pretrain_distill.core.metrics_log import MetricsLogger, read_metrics
 from pretrain_distill.engine.checkpoint import CheckpointStore
 from pretrain_distill.engine.signals import PreemptionFlag
 from pretrain_distill.engine.trainer import Trainer
+from tests.launch import subprocess_env, torchrun
 
 _READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu", "nonzero")
 _READS += ("masked_select",)
@@ -284,12 +282,7 @@ def test_two_ranks_skip_a_step_one_rank_found_non_finite(tiny_teacher_dir, tiny_
     extra += ["train.save_every=100", "train.nan_skip_budget=1", "train.export=false"]
     script = tmp_path / "child.py"
     script.write_text(POISON_RANK_1)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
-    cmd += [
-        f"--master_port={free_port()}",
-        str(script),
-        json.dumps(tiny_overrides(tiny_teacher_dir, tiny_shards, out, *extra)),
-    ]
+    cmd = torchrun(str(script), json.dumps(tiny_overrides(tiny_teacher_dir, tiny_shards, out, *extra)))
     done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "non-finite loss at step 2 (micro-batch 2, rank-local terms: hs=" in done.stderr

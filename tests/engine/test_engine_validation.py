@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 import torch
-from engine_helpers import REPO, free_port, subprocess_env, tiny_config, tiny_overrides
+from engine_helpers import REPO, tiny_config, tiny_overrides
 
 from pretrain_distill.core.distributed import launcher_env_scope
 from pretrain_distill.core.errors import ConfigError
@@ -20,6 +19,7 @@ from pretrain_distill.engine.evaluate import evaluate, load_validation_batches, 
 from pretrain_distill.engine.trainer import Trainer
 from pretrain_distill.plot import plot_run
 from pretrain_distill.run_config import DataConfig, ObjectiveConfig, TeacherConfig
+from tests.launch import subprocess_env, torchrun
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +132,7 @@ def test_two_ranks_validate_like_one(tiny_teacher_dir, held_out_shards, tmp_path
     out = tmp_path / "ranks2"
     script = tmp_path / "child.py"
     script.write_text(TRAIN_AND_DUMP_VAL)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
-    cmd += [f"--master_port={free_port()}", str(script)]
-    cmd += [json.dumps(tiny_overrides(tiny_teacher_dir, held_out_shards, out, *extra))]
+    cmd = torchrun(str(script), json.dumps(tiny_overrides(tiny_teacher_dir, held_out_shards, out, *extra)))
     done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
     ranks = [json.loads((out / f"val_rank{r}.json").read_text()) for r in (0, 1)]

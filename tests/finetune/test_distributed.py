@@ -24,15 +24,27 @@ from finetune.model_card import model_card
 from pretrain_distill.core.metrics_log import read_metrics
 from pretrain_distill.core.public_paths import public_text
 from pretrain_distill.core.run_lock import OutputDirInUseError
+from tests.launch import REPO, free_port, subprocess_env, torchrun
 
 from .conftest import sentence, tiny_classifier
 
-REPO = Path(__file__).resolve().parents[2]
 N_TRAIN, GLOBAL_BATCH, EPOCHS = 24, 4, 2
+
+# Child-script lines: after fitting, each rank saves the objective's final weights to
+# <output_dir>/weights_rank<r>.pt (the script defines `cfg` and `rank`).
+DUMP_FINAL_WEIGHTS = """
+fit = runner.fit
+def fit_and_dump(module, *args, **kwargs):
+    result = fit(module, *args, **kwargs)
+    torch.save(module.state_dict(), f"{cfg.output_dir}/weights_rank{rank}.pt")
+    return result
+runner.fit = fit_and_dump
+"""
 
 # Records, per rank, the example ids of every training batch (the id is the text's second word) and
 # dumps the objective's final weights.
-RECORDING_WORKER = """
+RECORDING_WORKER = (
+    """
 import json, os, sys, torch
 import finetune.jobs as runner
 from finetune.finetune_config import load_finetune_config
@@ -49,16 +61,14 @@ def recording(self, batch):
         seen.append([int(t.split()[1]) for t in texts])
     return forward(self, batch)
 FinetuneObjective.forward = recording
-fit = runner.fit
-def fit_and_dump(module, *args, **kwargs):
-    result = fit(module, *args, **kwargs)
-    torch.save(module.state_dict(), f"{cfg.output_dir}/weights_rank{rank}.pt")
-    return result
-runner.fit = fit_and_dump
+"""
+    + DUMP_FINAL_WEIGHTS
+    + """
 runner.run(cfg)
 with open(f"{cfg.output_dir}/seen_rank{rank}.json", "w") as f:
     json.dump(seen, f)
 """
+)
 
 KILL_AFTER_STEP = """
 import json, os, signal, sys
@@ -119,23 +129,6 @@ def overrides(model: Path, files: dict[str, Path], out: Path, *extra: str) -> li
     ]
 
 
-def child_env() -> dict[str, str]:
-    import os
-
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
-    }
-    return env | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def step_losses(run_dir: Path) -> dict[int, float]:
     return {e["step"]: e["loss"] for e in read_metrics(run_dir / "logs" / "metrics.jsonl") if "loss" in e}
 
@@ -152,10 +145,8 @@ def test_two_ranks_split_the_data_and_match_one_rank(tmp_path, task_files, no_dr
     out2.mkdir()
     script = tmp_path / "worker.py"
     script.write_text(RECORDING_WORKER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
-    cmd += [f"--master_port={free_port()}", str(script)]
-    cmd += [json.dumps(overrides(no_dropout_encoder, task_files, out2, "select=last"))]
-    done = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=400)
+    cmd = torchrun(str(script), json.dumps(overrides(no_dropout_encoder, task_files, out2, "select=last")))
+    done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-4000:]
 
     steps_per_epoch = N_TRAIN // GLOBAL_BATCH
@@ -207,7 +198,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(
     killed = subprocess.run(
         [sys.executable, "-c", KILL_AFTER_STEP, json.dumps(args), "9"],
         cwd=REPO,
-        env=child_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -395,12 +386,11 @@ def test_task_distillation_on_two_ranks(tmp_path, glue_dir, tiny_encoder_dir, ti
     classifier is reused), which DDP must be told; the frozen teacher follows the module's device."""
     root, _ = glue_dir
     out = tmp_path / "kd"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
-    cmd += [f"--master_port={free_port()}", "-m", "finetune.cli", "distill", "--method", "ild_rtc"]
+    cmd = torchrun("-m", "finetune.cli", "distill", "--method", "ild_rtc")
     cmd += ["--teacher", str(tiny_teacher_dir), "--student", str(tiny_encoder_dir), "--task", "sst2"]
     cmd += ["--seeds", "1", "--data-dir", str(root), "--output-dir", str(out), "--max-steps", "3"]
     cmd += ["--max-length", "32", "--no-progress", "batch_size=4", "lr=1e-3", "num_workers=0"]
-    done = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=400)
+    done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-4000:]
     (metrics_file,) = out.rglob("metrics.json")
     metrics = json.loads(metrics_file.read_text())
@@ -463,7 +453,8 @@ def test_a_damaged_finetune_checkpoint_is_skipped_for_the_newest_that_verifies(t
 # One torchrun launch, several jobs (the process group is shared): per job and rank, the example ids of
 # every training batch, RAIL-KD's teacher layers at every step, the size of every scored evaluation, and
 # the objective's final weights. select=best is scripted: the second evaluation scores best.
-COVERAGE_WORKER = """
+COVERAGE_WORKER = (
+    """
 import json, os, sys, torch
 import finetune.jobs as runner
 from finetune.finetune_config import load_finetune_config
@@ -489,12 +480,9 @@ def scripted(spec):
         return compute(prediction) | {"score": next(scores)}
     return scored
 runner.split_metrics = scripted
-fit = runner.fit
-def fit_and_dump(module, *args, **kwargs):
-    result = fit(module, *args, **kwargs)
-    torch.save(module.state_dict(), f"{cfg.output_dir}/weights_rank{rank}.pt")
-    return result
-runner.fit = fit_and_dump
+"""
+    + DUMP_FINAL_WEIGHTS
+    + """
 for overrides in json.loads(sys.argv[1]):
     cfg = load_finetune_config(overrides=overrides)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
@@ -503,6 +491,7 @@ for overrides in json.loads(sys.argv[1]):
     with open(f"{cfg.output_dir}/record_rank{rank}.json", "w") as f:
         json.dump(record, f)
 """
+)
 
 
 @pytest.mark.slow
@@ -528,9 +517,8 @@ def test_two_ranks_uneven_data_best_selection_and_layer_kd(
     ]
     script = tmp_path / "worker.py"
     script.write_text(COVERAGE_WORKER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
-    cmd += [f"--master_port={free_port()}", str(script), json.dumps(jobs)]
-    done = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)
+    cmd = torchrun(str(script), json.dumps(jobs))
+    done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
 
     def outputs(out: Path):
@@ -599,17 +587,18 @@ def test_a_killed_rank_of_finetune_train_is_named_and_the_rerun_resumes_exactly(
     reference = overrides(tiny_encoder_dir, task_files, tmp_path / "reference", *extra)
     args = overrides(tiny_encoder_dir, task_files, tmp_path / "killed", *extra)
 
-    def torchrun(argv: list[str]) -> None:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
-        cmd += [f"--master_port={free_port()}", str(script), json.dumps(argv), "-1", "0"]
-        done = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=400)
+    def run_on_two_ranks(argv: list[str]) -> None:
+        cmd = torchrun(str(script), json.dumps(argv), "-1", "0")
+        done = subprocess.run(
+            cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=400
+        )
         assert done.returncode == 0, done.stderr[-4000:]
 
-    torchrun(reference)
+    run_on_two_ranks(reference)
     port = str(free_port())
     ranks = []
     for rank in (0, 1):
-        env = child_env() | {"SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NTASKS": "2"}
+        env = subprocess_env() | {"SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NTASKS": "2"}
         env |= {"SLURM_JOB_NODELIST": "127.0.0.1", "MASTER_PORT": port, "DISTILL_RANK_TIMEOUT": "10"}
         cmd = [sys.executable, str(script), json.dumps(args), "1", "5"]
         ranks.append(subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True))
@@ -624,7 +613,7 @@ def test_a_killed_rank_of_finetune_train_is_named_and_the_rerun_resumes_exactly(
     run_dir = run_dir_of(tmp_path / "killed", tiny_encoder_dir)
     assert (run_dir / "checkpoints" / "checkpoint-4").is_dir() and not (run_dir / "metrics.json").exists()
 
-    torchrun(args)
+    run_on_two_ranks(args)
     want, got = step_losses(run_dir_of(tmp_path / "reference", tiny_encoder_dir)), step_losses(run_dir)
     assert sorted(got) == list(range(1, 13))
     torch.testing.assert_close(
@@ -649,7 +638,7 @@ def test_a_second_fine_tuning_run_on_a_seed_dir_in_use_refuses(tmp_path, task_fi
             f"lock = RunLock({str(seed_dir)!r}, 'fine-tuning run').acquire()\nprint('held', flush=True)\ntime.sleep(600)",
         ],
         cwd=REPO,
-        env=child_env(),
+        env=subprocess_env(),
         stdout=subprocess.PIPE,
         text=True,
     )

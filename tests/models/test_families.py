@@ -68,27 +68,18 @@ def qkv_by_hand(model_type: str, layer: torch.nn.Module, layer_input: torch.Tens
     return tuple(outs[0].chunk(3, dim=-1)) if len(outs) == 1 else tuple(outs)
 
 
-@pytest.fixture
-def padded() -> dict[str, torch.Tensor]:
-    torch.manual_seed(1)
-    ids = torch.randint(5, 100, (2, 7))
-    mask = torch.ones(2, 7, dtype=torch.long)
-    mask[1, 4:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
-
-
 def test_the_test_models_cover_every_family():
     assert set(TESTED) == set(MODEL_TYPES)
     assert len({t for f in FAMILIES for t in f.model_types}) == len(MODEL_TYPES)  # no type in two entries
 
 
 @pytest.mark.parametrize("model_type", TESTED)
-def test_hidden_states_are_the_models_own_output_hidden_states(model_type, padded):
+def test_hidden_states_are_the_models_own_output_hidden_states(model_type, batch):
     """0 = embedding output, i = layer i, L = last_hidden_state (final norm included for pre-LN)."""
     model = tiny_models([model_type], layers=3)[model_type]
     tap = Tap(model, hidden_layers=range(4))
     with torch.no_grad():
-        out = base_model(model)(**padded, output_hidden_states=True)
+        out = base_model(model)(**batch, output_hidden_states=True)
     captured = tap.pop()
     assert len(out.hidden_states) == 4
     for index, reference in enumerate(out.hidden_states):
@@ -96,20 +87,20 @@ def test_hidden_states_are_the_models_own_output_hidden_states(model_type, padde
     torch.testing.assert_close(captured.hidden[3], out.last_hidden_state, rtol=0, atol=0)
 
 
-def test_pre_ln_last_state_includes_the_final_norm(padded):
+def test_pre_ln_last_state_includes_the_final_norm(batch):
     """Without the convention, a hook on the last layer would give the un-normalised residual stream."""
     model = tiny_models(["eurobert"], layers=3)["eurobert"]
     raw = []
     encoder_layers(model)[-1].register_forward_hook(lambda m, i, o: raw.append(o))
     tap = Tap(model, hidden_layers=[3])
     with torch.no_grad():
-        model.model(**padded)
+        model.model(**batch)
     last = tap.pop().hidden[3]
     torch.testing.assert_close(last, model.model.norm(raw[0]))
     assert not torch.allclose(last, raw[0])
 
 
-def test_deberta_first_layer_state_is_after_its_conv(padded):
+def test_deberta_first_layer_state_is_after_its_conv(batch):
     """DeBERTa-v2 with ``conv_kernel_size`` adds a convolution to layer 1's output (v2-xlarge)."""
     torch.manual_seed(0)
     config = tiny_family_config("deberta-v2", conv_kernel_size=3)
@@ -117,18 +108,18 @@ def test_deberta_first_layer_state_is_after_its_conv(padded):
     assert model.encoder.conv is not None
     tap = Tap(model, hidden_layers=[1, 2])
     with torch.no_grad():
-        out = model(**padded, output_hidden_states=True)
+        out = model(**batch, output_hidden_states=True)
     captured = tap.pop()
     torch.testing.assert_close(captured.hidden[1], out.hidden_states[1], rtol=0, atol=0)
     torch.testing.assert_close(captured.hidden[2], out.hidden_states[2], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("model_type", TESTED)
-def test_tapped_qkv_are_the_layers_token_projections(model_type, padded):
+def test_tapped_qkv_are_the_layers_token_projections(model_type, batch):
     model = tiny_models([model_type], layers=3)[model_type]
     tap = Tap(model, qkv_layers=[1, 2, 3])
     with torch.no_grad():
-        states = base_model(model)(**padded, output_hidden_states=True).hidden_states
+        states = base_model(model)(**batch, output_hidden_states=True).hidden_states
     captured = tap.pop()
     for index, layer in enumerate(encoder_layers(model), start=1):
         with torch.no_grad():
@@ -140,7 +131,7 @@ def test_tapped_qkv_are_the_layers_token_projections(model_type, padded):
         assert [t.shape[-1] for t in captured.qkv[1]] == [64, 32, 32]
 
 
-def test_deberta_relative_position_call_never_replaces_the_token_projection(padded):
+def test_deberta_relative_position_call_never_replaces_the_token_projection(batch):
     """With share_att_key, query_proj / key_proj also project the relative position embeddings."""
     model = tiny_models(["deberta-v2"])["deberta-v2"]
     query = encoder_layers(model)[0].attention.self.query_proj
@@ -148,7 +139,7 @@ def test_deberta_relative_position_call_never_replaces_the_token_projection(padd
     query.register_forward_hook(lambda m, i, o: calls.append(tuple(o.shape)))
     tap = Tap(model, qkv_layers=[1])
     with torch.no_grad():
-        model(**padded)
+        model(**batch)
     assert calls == [(2, 7, 64), (1, 16, 64)]  # the token call, then the relative-position call
     assert tap.pop().qkv[1][0].shape == (2, 7, 64)
 
@@ -172,16 +163,16 @@ def _hf_rotary(model_type: str, model, q: torch.Tensor, k: torch.Tensor, layer: 
 
 
 @pytest.mark.parametrize("model_type", ["modernbert", "eurobert"])
-def test_rotary_families_give_q_k_before_rotary_by_default_and_after_by_option(model_type, padded):
+def test_rotary_families_give_q_k_before_rotary_by_default_and_after_by_option(model_type, batch):
     model = tiny_models([model_type], layers=3)[model_type]
     before, after = Tap(model, qkv_layers=[1, 2]), None
     with torch.no_grad():
-        model(**padded)
+        model(**batch)
     before_qkv = before.pop().qkv
     before.remove()
     after = Tap(model, qkv_layers=[1, 2], rotary="after")
     with torch.no_grad():
-        model(**padded)
+        model(**batch)
     after_qkv = after.pop().qkv
     for layer in (1, 2):  # ModernBERT: a global (theta 160k) and a sliding-window (theta 10k) layer
         q, k, v = before_qkv[layer]
@@ -210,14 +201,14 @@ def test_declared_attention_implementations_match_transformers():
 
 
 @pytest.mark.parametrize("model_type", TESTED)
-def test_mlm_head_chain_gives_the_models_logits_on_selected_rows(model_type, padded):
+def test_mlm_head_chain_gives_the_models_logits_on_selected_rows(model_type, batch):
     model = tiny_models([model_type])[model_type]
-    positions = padded["attention_mask"].bool()
+    positions = batch["attention_mask"].bool()
     positions[0, 0] = False
     with torch.no_grad():
-        full = model(**padded).logits
+        full = model(**batch).logits
         flat = positions.flatten().nonzero().squeeze(1)  # the rows, as the host selects them
-        rows = mlm_logits_at(model, padded["input_ids"], padded["attention_mask"], flat)
+        rows = mlm_logits_at(model, batch["input_ids"], batch["attention_mask"], flat)
     torch.testing.assert_close(rows, full[positions], rtol=1e-5, atol=1e-5)
     assert mlm_head(base_model(model)) is None
 

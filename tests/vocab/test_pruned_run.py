@@ -26,13 +26,12 @@ from pretrain_distill.models import build_student
 from pretrain_distill.objectives import Distiller
 from pretrain_distill.run_config import ObjectiveConfig
 from pretrain_distill.vocab import StudentVocab, VocabIndex, cut_student
+from tests.launch import subprocess_env, torchrun
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 from engine_helpers import (  # noqa: E402
     REPO,
     TRAIN_AND_DUMP_WEIGHTS,
-    free_port,
-    subprocess_env,
     tiny_config,
     tiny_overrides,
 )
@@ -177,8 +176,7 @@ def test_two_ranks_with_loader_workers_train_the_same_pruned_student(
     overrides = tiny_overrides(tiny_teacher_dir, pruned_shards[0], out, *PRUNED, "data.num_workers=1")
     script = tmp_path / "child.py"
     script.write_text(TRAIN_AND_DUMP_WEIGHTS)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
-    cmd += [f"--master_port={free_port()}", str(script), json.dumps(overrides)]
+    cmd = torchrun(str(script), json.dumps(overrides))
     done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     rank0, rank1 = (torch.load(out / f"weights_rank{r}.pt") for r in (0, 1))
