@@ -25,7 +25,7 @@ from transformers import AutoModelForMaskedLM
 
 from pretrain_distill.core.console import loading_quietly
 from pretrain_distill.core.distributed import resolve_device
-from pretrain_distill.core.files import staged_dir
+from pretrain_distill.core.files import check_replaceable, staged_dir
 from pretrain_distill.core.lr_schedule import build_lr_scheduler
 from pretrain_distill.core.model_names import find_model
 from pretrain_distill.core.tokenizer_loading import load_tokenizer
@@ -123,10 +123,7 @@ def fit_mlm_head(
     if steps < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"steps, batch_size and lr must be positive, got {steps}, {batch_size}, {lr}")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / RECORD).is_file())):
-        raise FileExistsError(
-            f"--out {out}: exists and is not an earlier fit-mlm-head output; choose another"
-        )
+    check_replaceable(out, RECORD, "fit-mlm-head output")
     torch.manual_seed(seed)
     dev = resolve_device(device, 0)
     path = find_model(teacher, "teacher")

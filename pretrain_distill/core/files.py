@@ -2,8 +2,9 @@
 
 Everything is written under a temporary name beside its target (same filesystem), flushed to disk and
 renamed over the target in one step. Two ways to publish a directory: :func:`publish_dir` replaces what
-is there (exports through :func:`staged_dir`, checkpoints); :func:`fill_dir_once` keeps the first complete copy when several
-processes fill the same cache at once (the others discard theirs and use it).
+is there (checkpoints; exports through :func:`staged_dir`, after :func:`check_replaceable`);
+:func:`fill_dir_once` keeps the first complete copy when several processes fill the same cache at once
+(the others discard theirs and use it).
 """
 
 from __future__ import annotations
@@ -89,6 +90,13 @@ def publish_dir(staged: str | Path, target: str | Path) -> Path:
     finally:
         shutil.rmtree(aside, ignore_errors=True)
     return target
+
+
+def check_replaceable(out: Path, marker: str, what: str) -> None:
+    """Refuse an ``out`` that exists and is not an earlier ``what`` (a non-empty directory without the file
+    ``marker`` every such output holds, or not a directory): publishing would delete what is there."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / marker).is_file())):
+        raise FileExistsError(f"--out {out}: exists and is not an earlier {what}; choose another directory")
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from pretrain_distill.core.assets import TEACHER_HUB_ID, AssetError, teacher_path
-from pretrain_distill.core.files import staged_dir
+from pretrain_distill.core.files import check_replaceable, staged_dir
 from pretrain_distill.core.public_paths import PATH_STYLES, public_text
 from pretrain_distill.export.encoder import mlm_head_trained, write_transformers
 from pretrain_distill.export.hub import push_to_hub as push
@@ -37,8 +37,7 @@ def _check_out(out: Path, source: ExportSource) -> None:
     protected = {source.run_dir.resolve(), source.checkpoint.resolve(), *source.run_dir.resolve().parents}
     if out.resolve() in protected:
         raise ValueError(f"--out {out}: is the run directory, the checkpoint or above them; choose another")
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / _MARKER).is_file())):
-        raise FileExistsError(f"--out {out}: exists and is not an earlier export; choose another directory")
+    check_replaceable(out, _MARKER, "export")
 
 
 def _teacher(config: dict) -> tuple[str, Path | None, str | None]:

@@ -354,7 +354,11 @@ class Distiller(nn.Module):
             od_positions=self.cfg.od_positions if "od" in self.weights else None,
             mlm="mlm" in self.weights,
         )
-        t_cap, teacher_logits = self._teacher_forward(input_ids, host)
+        t_cap = teacher_logits = None
+        if self._teacher_tap is not None:
+            with torch.inference_mode():
+                teacher_logits = self._encode(self.teacher, input_ids, host, logits="od" in self.weights)
+            t_cap = self._teacher_tap.pop()
         student_ids, mlm_labels = input_ids, host.mlm_labels
         if self.vocab_index is not None:  # a pruned vocabulary: remapped ids and labels, the kept logits
             student_ids = self.vocab_index.student_ids(input_ids)
@@ -362,35 +366,18 @@ class Distiller(nn.Module):
                 mlm_labels = self.vocab_index.student_labels(mlm_labels)
             if teacher_logits is not None:
                 teacher_logits = self.vocab_index.restrict(teacher_logits)
-        s_cap, student_logits = self._student_forward(student_ids, host)
+        student_logits = self._encode(self.student, student_ids, host, logits=self._needs_logits)
+        s_cap = self._student_tap.pop()
         return self._weighted_losses(s_cap, t_cap, student_logits, teacher_logits, mlm_labels, host)
 
-    def _teacher_forward(self, input_ids: Tensor, host: HostBatch) -> tuple[Captured | None, Tensor | None]:
-        """The teacher's taps (None when no term reads the teacher) and, for OD, its logits at the OD rows."""
-        if self._teacher_tap is None:
-            return None, None
-        logits = None
-        with torch.inference_mode():
-            if "od" in self.weights:
-                logits = mlm_logits_at(self.teacher, input_ids, host.attention_mask, host.rows)
-            else:
-                teacher = base_model(self.teacher)
-                teacher(
-                    input_ids=input_ids, attention_mask=encoder_attention_mask(teacher, host.attention_mask)
-                )
-        return self._teacher_tap.pop(), logits
-
-    def _student_forward(self, student_ids: Tensor, host: HostBatch) -> tuple[Captured, Tensor | None]:
-        """The student's taps and, when a term reads them (od, mlm), its logits at the planned rows."""
-        if self._needs_logits:
-            logits = mlm_logits_at(self.student, student_ids, host.attention_mask, host.rows)
-        else:
-            logits = None
-            student = base_model(self.student)
-            student(
-                input_ids=student_ids, attention_mask=encoder_attention_mask(student, host.attention_mask)
-            )
-        return self._student_tap.pop(), logits
+    @staticmethod
+    def _encode(model: PreTrainedModel, ids: Tensor, host: HostBatch, logits: bool) -> Tensor | None:
+        """Run ``model`` on ``ids`` (its tap captures); with ``logits``, its MLM logits at the planned rows."""
+        if logits:
+            return mlm_logits_at(model, ids, host.attention_mask, host.rows)
+        encoder = base_model(model)
+        encoder(input_ids=ids, attention_mask=encoder_attention_mask(encoder, host.attention_mask))
+        return None
 
     def _weighted_losses(
         self,
