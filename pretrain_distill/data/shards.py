@@ -25,7 +25,8 @@ from pretrain_distill.data.errors import DataError
 def write_shard(path: Path, input_ids: np.ndarray, lengths: np.ndarray, block_size: int) -> None:
     """Write the rows as a shard, atomically (a crash never leaves a half-written ``path``)."""
     # A fixed mtime: re-running gives byte-identical shards.
-    with atomic_path(path) as tmp, wds.TarWriter(str(tmp), mtime=0.0) as writer:
+    # compress=False: TarWriter would otherwise compress when the (random) temporary name ends in gz / xz.
+    with atomic_path(path) as tmp, wds.TarWriter(str(tmp), mtime=0.0, compress=False) as writer:
         for k, start in enumerate(range(0, len(input_ids), block_size)):
             writer.write(
                 {
