@@ -403,12 +403,11 @@ def fit(
     args: TrainingArguments,
     run_dir: Path,
     compute_metrics: Callable[[EvalPrediction], dict[str, float]],
-    selection_split: str,
 ) -> tuple[FitResult, ObjectiveTrainer]:
     """Train ``module`` on ``train`` with ``args`` (:func:`trainer_arguments`), evaluating every split of
     ``evals`` after every epoch; ``compute_metrics`` returns the split's metrics and its ``score``. With
-    ``select: best`` the module ends with the weights of the evaluation that scored best on
-    ``selection_split``. Returns the result and the trainer (for further distributed predictions)."""
+    ``select: best`` the module ends with the weights of the evaluation that scored best on the split
+    ``args.metric_for_best_model`` names. Returns the result and the trainer (for further distributed predictions)."""
     if len(train) == 0:
         raise FinetuneInputError("nothing to train: the training set is empty")
     checkpoint = resume_checkpoint(run_dir / CHECKPOINTS, cfg.resume)

@@ -185,9 +185,7 @@ def _train_seed(
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(dataclasses.replace(cfg, seeds=[seed]), run_dir / "config.yaml")
     start = time.time()
-    result, trainer = fit(
-        objective, train, evals, tokenizer, cfg, args, run_dir, split_metrics(spec), spec.selection_split
-    )
+    result, trainer = fit(objective, train, evals, tokenizer, cfg, args, run_dir, split_metrics(spec))
     outcome = Outcome(result, trainer, len(train), time.time() - start)
     metrics = metrics_record(cfg, spec, seed, outcome, evals, ood_sets)
     if main:

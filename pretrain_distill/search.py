@@ -17,7 +17,7 @@ from pretrain_distill.core.distributed import launcher_env_scope
 from pretrain_distill.core.errors import ConfigError
 from pretrain_distill.core.files import atomic_write_json
 from pretrain_distill.data.manifest import MANIFEST, load_manifest
-from pretrain_distill.engine.evaluate import VALIDATION_DIR, evaluate, load_validation_batches
+from pretrain_distill.engine.evaluate import evaluate, load_validation_batches, prepared_validation
 from pretrain_distill.engine.signals import PreemptionFlag
 from pretrain_distill.engine.trainer import Trainer
 from pretrain_distill.latency import (
@@ -157,9 +157,8 @@ def split_shards(shards: str, val_shards: str | None, holdout: int, out: Path) -
     shards of ``shards`` held out (written as manifest views under ``out``)."""
 
     manifest = load_manifest(shards)
-    prepared_split = Path(shards) / VALIDATION_DIR
-    if not val_shards and (prepared_split / MANIFEST).is_file():
-        val_shards = str(prepared_split)
+    if not val_shards and (prepared := prepared_validation(shards)) is not None:
+        val_shards = str(prepared)
     if val_shards:
         val_tok = load_manifest(val_shards)["tokenizer"].get("sha256")
         if val_tok != manifest["tokenizer"].get("sha256"):

@@ -98,12 +98,12 @@ def build_deepspeed_config(train: TrainConfig, world_size: int, device: torch.de
     stage = zero.setdefault("stage", 0)
     if stage not in (0, 1, 2, 3):
         raise ConfigError(f"ZeRO stage must be 0-3, got {stage}")
-    if clips_on_device(ds) and train.grad_clip > 0 and zero.get("compute_grad_norm") is False:
-        raise ConfigError(
-            f"{source}: zero_optimization.compute_grad_norm=false, but train.grad_clip={train.grad_clip} "
-            "needs the gradient norm: set train.grad_clip=0 or remove compute_grad_norm"
-        )
     if clips_on_device(ds):
+        if train.grad_clip > 0 and zero.get("compute_grad_norm") is False:
+            raise ConfigError(
+                f"{source}: zero_optimization.compute_grad_norm=false, but train.grad_clip={train.grad_clip} "
+                "needs the gradient norm: set train.grad_clip=0 or remove compute_grad_norm"
+            )
         # DeepSpeed's ZeRO-1/2 clipping checks the norm on the host (a synchronisation per step): the
         # engine clips the same way on the device instead (Trainer._clip_on_device).
         ds["gradient_clipping"] = 0.0

@@ -19,11 +19,18 @@ import torch
 
 from pretrain_distill.core.errors import ConfigError
 from pretrain_distill.core.seeds import derive_seed
+from pretrain_distill.data.manifest import MANIFEST
 from pretrain_distill.data.stream import ShardStream, collate
 from pretrain_distill.run_config import DataConfig
 
 Batch = tuple[int, dict[str, torch.Tensor]]  # (index in the validation set, batch)
 VALIDATION_DIR = "validation"  # where prepare writes the held-out shards, under data.shards
+
+
+def prepared_validation(shards: str | Path) -> Path | None:
+    """The held-out split ``prepare`` wrote under ``shards`` (``<shards>/validation``), or None."""
+    split = Path(shards) / VALIDATION_DIR
+    return split if (split / MANIFEST).is_file() else None
 
 
 def validation_dir(data_cfg: DataConfig) -> Path | None:
@@ -32,10 +39,9 @@ def validation_dir(data_cfg: DataConfig) -> Path | None:
     if data_cfg.validation == "none":
         return None
     if not data_cfg.validation:
-        default = Path(data_cfg.shards) / VALIDATION_DIR
-        return default if (default / "manifest.json").is_file() else None
+        return prepared_validation(data_cfg.shards)
     path = Path(data_cfg.validation)
-    if not (path / "manifest.json").is_file():
+    if not (path / MANIFEST).is_file():
         raise ConfigError(
             f"data.validation: {path} holds no manifest.json; prepare one with `pretrain-distill prepare "
             "--validation-fraction F` (or --validation-source), or set data.validation=none"

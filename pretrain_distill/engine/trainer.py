@@ -32,11 +32,9 @@ from pretrain_distill.core.distributed import (
 from pretrain_distill.core.errors import ConfigError, RunStopped
 from pretrain_distill.core.lr_schedule import build_lr_scheduler
 from pretrain_distill.core.metrics_log import MetricsLogger
-from pretrain_distill.core.model_names import find_model
 from pretrain_distill.core.rank_watch import RankWatch, watching_ranks
 from pretrain_distill.core.run_lock import lock_output_dir
 from pretrain_distill.core.seeds import derive_seed
-from pretrain_distill.core.tokenizer_loading import load_tokenizer
 from pretrain_distill.data import DynamicMasker, build_dataloader
 from pretrain_distill.data.manifest import check_tokenizer, load_manifest
 from pretrain_distill.engine.checkpoint import CheckpointStore, set_aside
@@ -47,7 +45,12 @@ from pretrain_distill.engine.signals import PreemptionFlag
 from pretrain_distill.engine.speed import compile_layers
 from pretrain_distill.engine.state import TrainState, deepspeed_source, load_checkpoint, save_checkpoint
 from pretrain_distill.engine.summary import trainer_summary
-from pretrain_distill.models import build_student_from_config, build_teacher, special_token_ids
+from pretrain_distill.models import (
+    build_student_from_config,
+    build_teacher,
+    special_token_ids,
+    teacher_tokenizer,
+)
 from pretrain_distill.objectives import Distiller
 from pretrain_distill.run_config import RunConfig
 from pretrain_distill.vocab import cut_student, run_vocab
@@ -211,11 +214,7 @@ class Trainer:
         """Tokenizer, training stream (checked against the tokenizer), the student's vocabulary (pruned or
         not), masker and validation batches."""
         cfg = self.cfg
-        teacher = find_model(cfg.teacher.path, "teacher.path")  # named in the error when missing
-        tokenizer = (
-            find_model(cfg.teacher.tokenizer, "teacher.tokenizer") if cfg.teacher.tokenizer else teacher
-        )
-        self.tokenizer = load_tokenizer(tokenizer, teacher)
+        self.tokenizer = teacher_tokenizer(cfg.teacher)
         self.loader = build_dataloader(
             cfg.data, cfg.train.micro_batch_size, self.dist.rank, self.dist.world_size, cfg.train.seed
         )

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoTokenizer
 
 from pretrain_distill.core.files import atomic_write_json
+from pretrain_distill.core.tokenizer_loading import load_tokenizer
 from pretrain_distill.export.encoder import student_model, write_tokenizer
 from pretrain_distill.export.source import ExportSource
 
@@ -70,7 +70,7 @@ def write_onnx_format(source: ExportSource, out: Path, quantize: bool) -> nn.Mod
     model = student_model(source.student_dir, with_mlm_head=False)
     model.config.save_pretrained(out)
     write_tokenizer(source, out)
-    tokenizer = AutoTokenizer.from_pretrained(out)
+    tokenizer = load_tokenizer(out)
     names = graph_input_names(tokenizer)
     batch = tokenizer(list(CHECK_TEXTS), padding=True, return_tensors="pt")
     batch = {n: batch[n] for n in names}

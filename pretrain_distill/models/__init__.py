@@ -31,6 +31,7 @@ from pretrain_distill.models.teacher import (
     freeze,
     has_mlm_head,
     teacher_dtype,
+    teacher_tokenizer,
     truncate_layers,
 )
 
@@ -62,5 +63,6 @@ __all__ = [
     "special_token_ids",
     "teacher_dtype",
     "teacher_layers_for_init",
+    "teacher_tokenizer",
     "truncate_layers",
 ]

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from pretrain_distill.core.assets import resolve_model_path
 from pretrain_distill.core.console import loading_quietly
+from pretrain_distill.core.model_names import find_model
+from pretrain_distill.core.tokenizer_loading import load_tokenizer
 from pretrain_distill.models.families import (
     attention_implementation,
     encoder_layers,
@@ -65,6 +67,14 @@ def truncate_layers(model: nn.Module, depth: int) -> nn.Module:
     if depth < len(layers):
         set_encoder_layers(model, nn.ModuleList(list(layers)[:depth]))
     return model
+
+
+def teacher_tokenizer(teacher_cfg: TeacherConfig) -> PreTrainedTokenizerBase:
+    """The run's tokenizer: ``teacher.tokenizer``, else the teacher's own, checked against the teacher's
+    embedding table (:func:`load_tokenizer`); a missing path is named by its setting."""
+    teacher = find_model(teacher_cfg.path, "teacher.path")
+    tokenizer = find_model(teacher_cfg.tokenizer, "teacher.tokenizer") if teacher_cfg.tokenizer else teacher
+    return load_tokenizer(tokenizer, teacher)
 
 
 def build_teacher(

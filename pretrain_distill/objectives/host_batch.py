@@ -53,14 +53,15 @@ def plan_batch(
     device_mask = _to(attention_mask, device) if padded else None
     if od_positions is None and not mlm:
         return HostBatch(device_mask)
+    labels = None if labels is None else labels.cpu()
     if od_positions == "all":
         positions = mask if mask is not None else torch.ones(tuple(shape), dtype=torch.bool)
     else:
-        positions = labels.cpu() != -100
+        positions = labels != -100
     rows = positions.flatten().nonzero().squeeze(1)
     if not mlm:
         return HostBatch(device_mask, _to(rows, device))
-    mlm_labels = labels.cpu().flatten()[rows]
+    mlm_labels = labels.flatten()[rows]
     labelled = mlm_labels != -100
     mlm_rows = None
     if not bool(labelled.all()):  # OD on every valid token: the MLM term scores the masked ones among them

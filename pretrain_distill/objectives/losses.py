@@ -211,11 +211,13 @@ def hidden_state_loss(
     """
     pairs = mapping_pairs(mapping)
     total: Tensor | None = None
+    valid: Tensor | None = None  # every state has the same [B, T]: the mask is built once
     for i, j in pairs:
         hs = _get_state(student_states, i, "student")
         ht = _get_state(teacher_states, j, "teacher").detach()
         _check_same_tokens(hs, ht, f"hidden_state_loss pair (student {i}, teacher {j})")
-        valid = _valid_or_none(attention_mask, hs)
+        if valid is None:
+            valid = _valid_or_none(attention_mask, hs)
         proj = _pair_projection(projections, i, j, hs.shape[-1], ht.shape[-1])
         pred = hs if proj is None else proj(hs)
         if pred.shape != ht.shape:
@@ -458,6 +460,7 @@ def direct_minilm_loss(
     summed. Add ``w * maps.orthogonality_penalty()`` yourself for the eq. 11 constraint.
     """
     _check_qkv(student_qkv, teacher_qkv, "direct_minilm_loss")
+    valid = _valid_or_none(attention_mask, student_qkv[0])  # Q, K and V share [B, T]
     total: Tensor | None = None
     for alpha, (s, t) in enumerate(zip(student_qkv, teacher_qkv)):
         if s.shape[-1] != maps.student_dims[alpha] or t.shape[-1] != maps.teacher_dims[alpha]:
@@ -467,11 +470,7 @@ def direct_minilm_loss(
                 f"student {s.shape[-1]} and teacher {t.shape[-1]}"
             )
         pred = maps(alpha, s)
-        term = _masked_mean(
-            _squared_error(pred, t.detach().to(pred.device)),
-            _valid_or_none(attention_mask, s),
-            pred.shape[-1],
-        )
+        term = _masked_mean(_squared_error(pred, t.detach().to(pred.device)), valid, pred.shape[-1])
         total = term if total is None else total + term
     assert total is not None
     return total

@@ -10,10 +10,11 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel
 
 from pretrain_distill.core.assets import resolve_model_path
 from pretrain_distill.data.manifest import check_tokenizer, load_manifest
+from pretrain_distill.models import teacher_tokenizer
 from pretrain_distill.models.students import encoder_parameter_count, spec_from_config, student_config
 from pretrain_distill.run_config import RunConfig
 from pretrain_distill.vocab.resolve import corpus_vocab
@@ -29,8 +30,8 @@ def vocab_savings(cfg: RunConfig) -> dict[str, Any]:
     """The saving of ``student.vocab=corpus`` (with the config's rule) on ``data.shards``."""
     if cfg.student.vocab != "corpus":
         cfg = replace(cfg, student=replace(cfg.student, vocab="corpus"))
+    tokenizer = teacher_tokenizer(cfg.teacher)
     teacher = resolve_model_path(cfg.teacher.path)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.teacher.tokenizer or cfg.teacher.path))
     manifest = load_manifest(cfg.data.shards)
     check_tokenizer(manifest, tokenizer)
     vocab = corpus_vocab(cfg.student, cfg.data, tokenizer, manifest)

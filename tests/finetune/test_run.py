@@ -98,7 +98,7 @@ def test_best_epoch_is_restored(tokenizer, tmp_path):
         )
         run_dir = tmp_path / select
         args = trainer_arguments(cfg, run_dir, seed=1, epochs=3, selection_split="dev")
-        result, _ = fit(obj, ds, {"dev": ds}, tokenizer, cfg, args, run_dir, metrics, "dev")
+        result, _ = fit(obj, ds, {"dev": ds}, tokenizer, cfg, args, run_dir, metrics)
         assert [r["step"] for r in result.history] == [2, 4, 6]
         assert [r["scores"]["dev"] for r in result.history] == [0.2, 0.9, 0.1]
         assert result.selected_epoch == (keep + 1 if select == "best" else 3)
