@@ -25,9 +25,8 @@ from pretrain_distill.core.console import loading_quietly
 from pretrain_distill.core.distributed import require_device
 from pretrain_distill.core.errors import ConfigError
 from pretrain_distill.export.onnx import export_onnx, quantize_int8, session
-from pretrain_distill.models import PRESETS, StudentSpec, encoder_parameter_count, spec_of
+from pretrain_distill.models import PRESETS, StudentSpec, build_student, encoder_parameter_count, spec_of
 from pretrain_distill.models.families import attention_implementation, family_for_model_type, family_of
-from pretrain_distill.models.students import student_config
 
 #: The paper's CPU latencies, milliseconds, monolingual (Table 1); the teacher is BERT-base.
 PAPER_CPU_MS = {"6L-DistilBERT": 33.28, "6L": 11.98, "4L": 9.53, "3L": 5.41, "teacher": 64.91}
@@ -122,7 +121,10 @@ def forward_runner(
     if runtime == "torch":
         model = model.to(settings.device).eval()
         return lambda: model(**inputs)
-    path = export_onnx(model, inputs, Path(tempfile.mkdtemp(dir=workdir)) / "model.onnx")
+    path = workdir / f"model-{id(model)}" / "model.onnx"  # one fp32 export per model, for both ONNX runtimes
+    if not path.is_file():
+        path.parent.mkdir()
+        export_onnx(model, inputs, path)
     if runtime == "onnx-int8":
         path = quantize_int8(path, path.with_name("model_quantized.onnx"))
     graph = session(path, settings.threads)
@@ -219,8 +221,9 @@ def build_model(target: str, teacher: str) -> nn.Module:
     weights; the teacher's family by default) or a Hugging Face model directory (its weights)."""
     shape = parse_shape(target)
     if shape is not None:
-        config = student_config(shape.spec, teacher_config(teacher), family=shape.family or None)
-        return AutoModel.from_config(config, attn_implementation=attention_implementation(family_of(config)))
+        return build_student(
+            shape.spec, teacher_config(teacher), with_mlm_head=False, family=shape.family or None
+        )
     if (Path(target) / "config.json").is_file():
         config = AutoConfig.from_pretrained(target)
         with loading_quietly():  # its bare encoder is timed: an MLM head in the directory is not read
