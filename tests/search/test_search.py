@@ -221,7 +221,7 @@ def test_resume_refuses_other_settings_and_bad_candidates_train_nothing(
 
 @pytest.mark.parametrize(
     ("extra", "env", "message"),
-    [(["--steps", "0"], {}, "--steps must be >= 1"), ([], {"WORLD_SIZE": "2"}, "one process")],
+    [(["--steps", "0"], {}, "--steps must be >= 1"), ([], {"RANK": "0", "WORLD_SIZE": "2"}, "one process")],
 )
 def test_command_line_mistakes_are_one_line_errors(extra, env, message, tmp_path, monkeypatch, capsys):
     for key, value in env.items():
